@@ -1,0 +1,5 @@
+import sys
+
+from pgkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Algorithms: each module holds its config, its loss as a pure function of tensors, and its LightningModule."""

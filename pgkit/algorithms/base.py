@@ -1,0 +1,270 @@
+"""``OnPolicyModule``: the plumbing every on-policy algorithm shares, written once.
+
+One Lightning epoch is one policy iteration:
+
+1. ``on_train_epoch_start`` collects ``num_steps x num_envs`` transitions into a preallocated TensorDict, then
+   computes advantages and value targets once with :func:`pgkit.ops.gae`.
+2. The train dataloader yields minibatch *indices* (``update_epochs x num_minibatches`` per epoch).
+3. ``training_step`` gathers the minibatch and calls the subclass's ``compute_loss``; the named terms it returns
+   are summed on-device and logged once per iteration, keyed by environment steps.
+4. ``on_train_epoch_end`` logs rollout and update metrics and evaluates every ``eval.every_n_iterations``.
+
+Subclasses implement ``compute_loss`` and ``configure_optimizers`` and nothing else of the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+import torch
+from tensordict import TensorDict
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from pgkit.checkpoints import checkpoint_metadata
+from pgkit.environments import ObservationNormalizer, RewardScaler, flat_dim, make_env, make_vec_env, seed_list
+from pgkit.environments.actions import ActionAdapter
+from pgkit.evaluation import EVAL_SEED_OFFSET, EvalResult, evaluate
+from pgkit.ops import explained_variance, gae
+
+if TYPE_CHECKING:
+    from pgkit.config import ExperimentConfig
+
+
+class MinibatchIndices(IterableDataset):
+    """Yields ``epochs`` fresh permutations of ``range(batch_size)``, each split into ``num_minibatches`` parts."""
+
+    def __init__(self, batch_size: int, num_minibatches: int, epochs: int) -> None:
+        self.batch_size, self.num_minibatches, self.epochs = batch_size, num_minibatches, epochs
+
+    def __iter__(self):
+        for _ in range(self.epochs):
+            yield from torch.randperm(self.batch_size).view(self.num_minibatches, -1)
+
+    def __len__(self) -> int:
+        return self.epochs * self.num_minibatches
+
+
+class OnPolicyModule(L.LightningModule):
+    """Shared base of the on-policy algorithms: rollout, advantages, minibatches, logging and checkpoint state.
+
+    Everything that must survive a checkpoint is a parameter or buffer: the policy, the observation and reward
+    normalisers, and the ``env_steps`` counter. ``config`` is the resolved experiment config as a plain dict; it
+    is stored in the checkpoint's ``hyper_parameters``, so a checkpoint alone rebuilds the module.
+    """
+
+    #: Passes over the rollout per iteration, and minibatches per pass. Subclasses set these from their config.
+    update_epochs: int = 1
+    num_minibatches: int = 1
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        from pgkit.config import ExperimentConfig
+
+        self.save_hyperparameters(logger=False)
+        self.cfg: ExperimentConfig = ExperimentConfig.model_validate(config)
+        env_cfg, algo = self.cfg.env, self.cfg.algorithm
+        probe = make_env(env_cfg.id, env_cfg.kwargs, env_cfg.max_episode_steps)
+        self.observation_space, self.action_space = probe.observation_space, probe.action_space
+        probe.close()
+
+        self.policy = self.cfg.policy.init(self.observation_space, self.action_space)
+        self.action_adapter = ActionAdapter(self.action_space, env_cfg.action_bounds)
+        self.obs_normalizer = ObservationNormalizer(
+            (flat_dim(self.observation_space),), env_cfg.obs_clip, env_cfg.normalize_obs
+        )
+        self.reward_scaler = RewardScaler(env_cfg.num_envs, algo.gamma, env_cfg.reward_clip, env_cfg.normalize_reward)
+        self.register_buffer("env_steps", torch.zeros((), dtype=torch.int64))
+
+        self.num_envs = env_cfg.num_envs
+        self.batch_size = algo.num_steps * env_cfg.num_envs
+        self.num_iterations = self.cfg.num_iterations
+        self.envs: Any = None
+        self._next_obs: Tensor | None = None
+        self.buffer: TensorDict | None = None
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.last_metrics: dict[str, float] = {}
+        self._sums: dict[str, Tensor] = {}
+        self._count = 0
+        self._fit_start_time = 0.0
+        self._fit_start_steps = 0
+        self.rollout_metrics: dict[str, float] = {}
+        self.flat: TensorDict | None = None
+
+    # ----------------------------------------------------------------------------------------------- environments
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.envs is not None:
+            return
+        env_cfg = self.cfg.env
+        self.envs = make_vec_env(
+            env_cfg.id, self.num_envs, env_cfg.vectorization, env_cfg.kwargs, env_cfg.max_episode_steps
+        )
+        # Each rank's sub-envs get distinct seeds: rank r uses seed + r * num_envs + i.
+        seeds = seed_list(self.cfg.trainer.seed, self.num_envs, offset=self.global_rank * self.num_envs)
+        obs, _ = self.envs.reset(seed=seeds)
+        self.envs.action_space.seed(seeds[0])
+        self._next_obs = torch.as_tensor(obs, dtype=torch.float32)
+
+    def teardown(self, stage: str) -> None:
+        if self.envs is not None:
+            self.envs.close()
+            self.envs = None
+
+    def _allocate_buffer(self) -> TensorDict:
+        T, N, dev = self.cfg.algorithm.num_steps, self.num_envs, self.device
+        act_shape = self.action_space.shape or ()
+        act_dtype = torch.float32 if act_shape and self.action_space.dtype.kind == "f" else torch.int64
+        f32 = dict(dtype=torch.float32, device=dev)
+        return TensorDict(
+            {
+                "obs": torch.zeros(T, N, flat_dim(self.observation_space), **f32),
+                "action": torch.zeros(T, N, *act_shape, dtype=act_dtype, device=dev),
+                "log_prob": torch.zeros(T, N, **f32),
+                "reward": torch.zeros(T, N, **f32),
+                "terminated": torch.zeros(T, N, dtype=torch.bool, device=dev),
+                "truncated": torch.zeros(T, N, dtype=torch.bool, device=dev),
+                "value": torch.zeros(T, N, **f32),
+                "final_value": torch.zeros(T, N, **f32),
+                "advantage": torch.zeros(T, N, **f32),
+                "return": torch.zeros(T, N, **f32),
+            },
+            batch_size=[T, N],
+            device=dev,
+        )
+
+    # ---------------------------------------------------------------------------------------------------- rollout
+    @torch.inference_mode()
+    def collect_rollout(self) -> list[tuple[float, int]]:
+        """Fill ``self.buffer`` with one rollout and its advantages; return the (return, length) of each episode
+        that ended during it."""
+        if self.buffer is None:
+            self.buffer = self._allocate_buffer()
+        b = self.buffer
+        obs_b, act_b, logp_b, rew_b = b["obs"], b["action"], b["log_prob"], b["reward"]
+        term_b, trunc_b, val_b, final_b = b["terminated"], b["truncated"], b["value"], b["final_value"]
+        final_b.zero_()
+        dev = self.device
+        obs = self._next_obs.to(dev)
+        episodes: list[tuple[float, int]] = []
+        for t in range(self.cfg.algorithm.num_steps):
+            self.obs_normalizer.update(obs)
+            norm_obs = self.obs_normalizer(obs)
+            dist, value = self.policy(norm_obs)
+            raw = dist.sample()
+            obs_b[t], act_b[t], logp_b[t], val_b[t] = norm_obs, raw, dist.log_prob(raw), value
+            env_action = self.action_adapter(dist, raw).cpu().numpy()
+            next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
+            reward_t = torch.as_tensor(reward, dtype=torch.float32, device=dev)
+            term_t = torch.as_tensor(terminated, device=dev)
+            trunc_t = torch.as_tensor(truncated, device=dev)
+            self.reward_scaler.update(reward_t, term_t | trunc_t)
+            rew_b[t], term_b[t], trunc_b[t] = self.reward_scaler(reward_t), term_t, trunc_t
+            bootstrap = np.flatnonzero(truncated & ~terminated)
+            if bootstrap.size:  # value of the real final observation, not of the auto-reset one
+                final_obs = torch.as_tensor(np.stack(info["final_obs"][bootstrap]), dtype=torch.float32, device=dev)
+                final_b[t, torch.as_tensor(bootstrap, device=dev)] = self.policy.value(
+                    self.obs_normalizer(final_obs)
+                )
+            if "episode" in info:
+                ended = np.flatnonzero(info["_episode"])
+                episodes += [(float(info["episode"]["r"][i]), int(info["episode"]["l"][i])) for i in ended]
+            obs = torch.as_tensor(next_obs, dtype=torch.float32, device=dev)
+        self._next_obs = obs
+        last_value = self.policy.value(self.obs_normalizer(obs))
+        next_value = torch.cat([val_b[1:], last_value.unsqueeze(0)])
+        next_value = torch.where(trunc_b, final_b, next_value)
+        algo = self.cfg.algorithm
+        advantage, ret = gae(rew_b, val_b, next_value, term_b, trunc_b, algo.gamma, algo.gae_lambda)
+        b["advantage"].copy_(advantage)
+        b["return"].copy_(ret)
+        return episodes
+
+    # ---------------------------------------------------------------------------------------------- lightning hooks
+    def train_dataloader(self) -> DataLoader:
+        # Indices only, from the main process: the buffer lives on the training device.
+        dataset = MinibatchIndices(self.batch_size, self.num_minibatches, self.update_epochs)
+        return DataLoader(dataset, batch_size=None, num_workers=0)
+
+    def on_fit_start(self) -> None:
+        self._fit_start_time = time.perf_counter()
+        self._fit_start_steps = int(self.env_steps)
+
+    def on_train_epoch_start(self) -> None:
+        self._sums, self._count = {}, 0
+        episodes = self.collect_rollout()
+        self.env_steps += self.batch_size * self.trainer.world_size
+        steps = int(self.env_steps)
+        self.recent_returns.extend(r for r, _ in episodes)
+        b = self.buffer
+        metrics = {"train/explained_variance": float(explained_variance(b["value"], b["return"]))}
+        if episodes:
+            metrics["rollout/episode_return"] = float(np.mean([r for r, _ in episodes]))
+            metrics["rollout/episode_length"] = float(np.mean([n for _, n in episodes]))
+        elapsed = time.perf_counter() - self._fit_start_time
+        metrics["time/sps"] = (steps - self._fit_start_steps) / max(elapsed, 1e-9)
+        self.rollout_metrics = metrics
+        self.flat = b.reshape(-1)
+
+    def training_step(self, indices: Tensor, batch_idx: int) -> Tensor | None:
+        terms = self.compute_loss(self.flat[indices])
+        self.accumulate(terms)
+        return terms["loss"]
+
+    def accumulate(self, terms: dict[str, Tensor | None]) -> None:
+        """Add a minibatch's detached terms to this iteration's on-device sums (one host sync per iteration)."""
+        for key, value in terms.items():
+            if value is None:
+                continue
+            value = value.detach().float()
+            self._sums[key] = self._sums[key] + value if key in self._sums else value
+        self._count += 1
+
+    def on_train_epoch_end(self) -> None:
+        metrics = dict(self.rollout_metrics)
+        if self._count:
+            keys = list(self._sums)
+            values = torch.stack([self._sums[k] for k in keys]).div(self._count).tolist()
+            metrics.update({f"train/{k}": v for k, v in zip(keys, values, strict=True) if k != "loss"})
+        metrics["train/learning_rate"] = self.optimizers().param_groups[0]["lr"]
+        iteration = self.current_epoch + 1
+        every = self.cfg.eval.every_n_iterations
+        if every and (iteration % every == 0 or iteration == self.num_iterations):
+            result = self.run_evaluation()
+            metrics["eval/mean_return"], metrics["eval/std_return"] = result.mean_return, result.std_return
+            # Visible to ModelCheckpoint(monitor="eval/mean_return") for best-checkpoint selection.
+            self.log("eval/mean_return", result.mean_return, logger=False, sync_dist=False)
+        self.last_metrics = metrics
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=int(self.env_steps))
+
+    def run_evaluation(self) -> EvalResult:
+        """Evaluate the current policy with frozen normalisers on the configured evaluation episodes."""
+        ev, env = self.cfg.eval, self.cfg.env
+        seed = self.cfg.trainer.seed + EVAL_SEED_OFFSET
+        return evaluate(self, env.id, ev.episodes, ev.deterministic, seed, env.kwargs, env.max_episode_steps)
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        """Environment actions for a batch of raw observations, with frozen normalisation."""
+        dist = self.policy.distribution(self.obs_normalizer(torch.as_tensor(obs, device=self.device)))
+        raw = dist.mode() if deterministic else dist.sample()
+        return self.action_adapter(dist, raw).cpu().numpy()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The MLflow run id lets a resumed run continue the same run instead of starting a new curve at step 0.
+        checkpoint["pgkit"] = checkpoint_metadata(getattr(self.logger, "run_id", None))
+
+    # ------------------------------------------------------------------------------------------------ subclasses
+    def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
+        """The algorithm's loss on a minibatch: ``{"loss": total, <named terms and diagnostics>...}``.
+
+        A ``None`` loss skips the optimizer step for this minibatch."""
+        raise NotImplementedError
+
+    def annealing_factor(self, epoch: int) -> float:
+        """Linear LR annealing as in CleanRL: 1 at the first iteration, 1/num_iterations at the last."""
+        return 1.0 - epoch / self.num_iterations if self.cfg.algorithm.anneal_lr else 1.0

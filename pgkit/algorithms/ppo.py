@@ -1,0 +1,128 @@
+"""Proximal Policy Optimization (Schulman et al. 2017), with CleanRL's MuJoCo defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from tensordict import TensorDict
+from torch import Tensor
+
+from pgkit.algorithms.base import OnPolicyModule
+from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.ops import normalize
+
+
+def ppo_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantage: Tensor,
+    value: Tensor,
+    old_value: Tensor,
+    value_target: Tensor,
+    entropy: Tensor,
+    clip_range: float,
+    clip_range_vf: float | None,
+) -> dict[str, Tensor]:
+    """The clipped surrogate, the (optionally clipped) value loss and the entropy term, plus diagnostics.
+
+    ``loss_policy = mean(max(-A r, -A clip(r, 1-eps, 1+eps)))`` with ``r = exp(log_prob - old_log_prob)``;
+    ``loss_value = 0.5 mean((V - target)^2)``, or the max with the clipped value's error when ``clip_range_vf``;
+    ``loss_entropy = -mean(entropy)``. ``approx_kl`` is the low-variance estimator ``mean((r - 1) - log r)``.
+    """
+    log_ratio = log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    surrogate = torch.max(-advantage * ratio, -advantage * ratio.clamp(1.0 - clip_range, 1.0 + clip_range))
+    value_error = (value - value_target).pow(2)
+    if clip_range_vf is not None:
+        clipped = old_value + (value - old_value).clamp(-clip_range_vf, clip_range_vf)
+        value_error = torch.max(value_error, (clipped - value_target).pow(2))
+    with torch.no_grad():
+        approx_kl = ((ratio - 1.0) - log_ratio).mean()
+        clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
+    return {
+        "loss_policy": surrogate.mean(),
+        "loss_value": 0.5 * value_error.mean(),
+        "loss_entropy": -entropy.mean(),
+        "approx_kl": approx_kl,
+        "clip_fraction": clip_fraction,
+    }
+
+
+class PPOConfig(AlgorithmConfigBase):
+    """PPO hyperparameters. The defaults are CleanRL's ``ppo_continuous_action.py`` (MuJoCo)."""
+
+    name: Literal["ppo"] = "ppo"
+    """Algorithm selector."""
+    update_epochs: int = Field(10, ge=1, le=1000)
+    """Passes over each rollout."""
+    num_minibatches: int = Field(32, ge=1)
+    """Minibatches per pass; must divide ``num_steps * env.num_envs``."""
+    clip_range: float = Field(0.2, gt=0, le=10)
+    """Ratio clipping epsilon of the surrogate objective."""
+    clip_range_vf: float | None = Field(None, gt=0)
+    """Clip the value prediction to within this distance of the rollout's value; null disables value clipping."""
+    ent_coef: float = Field(0.0, ge=0)
+    """Weight of the entropy bonus."""
+    vf_coef: float = Field(0.5, ge=0)
+    """Weight of the value loss."""
+    normalize_advantage: bool = True
+    """Normalise advantages to zero mean and unit std within each minibatch."""
+    target_kl: float | None = Field(None, gt=0)
+    """Stop the iteration's updates early once a minibatch's approx-KL exceeds 1.5 x this (as SB3); null disables."""
+    adam_eps: float = Field(1e-5, gt=0)
+    """Adam epsilon."""
+
+
+class PPO(OnPolicyModule):
+    """PPO as a LightningModule: the base collects and batches, this class computes the loss and optimises."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        algo: PPOConfig = self.cfg.algorithm
+        self.algo = algo
+        self.update_epochs, self.num_minibatches = algo.update_epochs, algo.num_minibatches
+        self._kl_exceeded = False
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.annealing_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._kl_exceeded = False
+
+    def on_train_batch_start(self, batch: Tensor, batch_idx: int) -> int | None:
+        return -1 if self._kl_exceeded else None  # -1 ends this epoch's updates (Lightning convention)
+
+    def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
+        algo = self.algo
+        dist, value = self.policy(batch["obs"])
+        advantage = normalize(batch["advantage"]) if algo.normalize_advantage else batch["advantage"]
+        entropy = dist.entropy()
+        terms = ppo_loss(
+            dist.log_prob(batch["action"]),
+            batch["log_prob"],
+            advantage,
+            value,
+            batch["value"],
+            batch["return"],
+            entropy,
+            algo.clip_range,
+            algo.clip_range_vf,
+        )
+        loss = terms["loss_policy"] + algo.vf_coef * terms["loss_value"] + algo.ent_coef * terms["loss_entropy"]
+        if algo.target_kl is not None and float(terms["approx_kl"]) > 1.5 * algo.target_kl:
+            # As SB3: this minibatch already moved too far, so skip its step and end the iteration's updates.
+            self._kl_exceeded = True
+            loss = None
+        return {
+            "loss": loss,
+            "policy_loss": terms["loss_policy"],
+            "value_loss": terms["loss_value"],
+            "entropy": entropy.mean().detach(),
+            "approx_kl": terms["approx_kl"],
+            "clip_fraction": terms["clip_fraction"],
+        }

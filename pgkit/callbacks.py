@@ -1,0 +1,130 @@
+"""Lightning callbacks: a progress bar in environment steps, and MLflow artifacts."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import yaml
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import MLFlowLogger
+from tqdm.auto import tqdm
+
+from pgkit.algorithms.base import OnPolicyModule
+
+
+class EnvStepProgressBar(ProgressBar):
+    """Replaces Lightning's per-batch bar with one over environment steps, showing recent return and SPS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self.bar: tqdm | None = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: OnPolicyModule) -> None:
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        total = pl_module.num_iterations * pl_module.batch_size * trainer.world_size
+        self.bar = tqdm(
+            total=total, initial=int(pl_module.env_steps), unit="step", unit_scale=True, dynamic_ncols=True,
+            desc=f"{pl_module.cfg.algorithm.name} {pl_module.cfg.env.id}",
+        )
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: OnPolicyModule, batch, batch_idx: int) -> None:
+        # Callbacks run before the module's own epoch hooks, so the first batch is the first moment at which this
+        # iteration's rollout (steps, returns, SPS) is known.
+        if batch_idx == 0:
+            self.refresh(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: OnPolicyModule) -> None:
+        if self.bar is not None:
+            self.refresh(pl_module)
+            self.bar.close()
+            self.bar = None
+
+    def refresh(self, pl_module: OnPolicyModule) -> None:
+        """Show the module's current step count, recent return, SPS and last evaluation."""
+        if self.bar is None:
+            return
+        self.bar.n = int(pl_module.env_steps)
+        postfix = {"sps": f"{pl_module.rollout_metrics.get('time/sps', 0.0):.0f}"}
+        if pl_module.recent_returns:
+            postfix["return"] = f"{np.mean(pl_module.recent_returns):.1f}"
+        if "eval/mean_return" in pl_module.last_metrics:
+            postfix["eval"] = f"{pl_module.last_metrics['eval/mean_return']:.1f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``; MLflow caps values at 250 characters, so nested dicts are split."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class MLflowArtifacts(L.Callback):
+    """Logs the resolved config (params and YAML) at the start; the last checkpoint and a learning curve at the end.
+
+    Lightning's ``log_model=True`` is broken on MLflow 3, hence logging the checkpoint file ourselves.
+    """
+
+    def __init__(self, logger: MLFlowLogger, config: dict, checkpoint_dir: Path, resumed: bool) -> None:
+        self.logger, self.config, self.checkpoint_dir, self.resumed = logger, config, checkpoint_dir, resumed
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if not self.resumed:  # MLflow refuses to change a logged param, and a resumed run already has them
+            self.logger.log_hyperparams(flatten(self.config))
+        self.logger.experiment.log_text(self.logger.run_id, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        client, run_id = self.logger.experiment, self.logger.run_id
+        last = self.checkpoint_dir / "last.ckpt"
+        if last.exists():
+            client.log_artifact(run_id, str(last), artifact_path="checkpoints")
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / "learning_curve.png"
+            if plot_learning_curve(client, run_id, png):
+                client.log_artifact(run_id, str(png))
+
+
+def plot_learning_curve(client, run_id: str, path: Path) -> bool:
+    """Plot training and evaluation return against env steps from the run's metric history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for key, style in (("rollout/episode_return", "-"), ("eval/mean_return", "o--")):
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        if history:
+            ax.plot([m.step for m in history], [m.value for m in history], style, label=key)
+            drawn = True
+    if drawn:
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("episode return")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return drawn

@@ -1,0 +1,63 @@
+"""Reading pgkit checkpoints safely.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: only tensors and plain containers are unpickled, so a
+malicious ``.ckpt`` cannot run code. pgkit writes nothing else into its checkpoints (the config is stored as a plain
+dict), so no opt-in to full unpickling is ever needed for them.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgkit.errors import UserError
+
+#: Version of the ``checkpoint["pgkit"]`` section.
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """The parts of a Lightning checkpoint that pgkit needs outside Lightning."""
+
+    path: Path
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    mlflow_run_id: str | None
+    env_steps: int
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Load and check a pgkit checkpoint, raising :class:`UserError` for missing, truncated or foreign files."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint error: {path}: file not found")
+    if p.is_dir():
+        raise UserError(f"checkpoint error: {path}: is a directory, not a checkpoint file")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"checkpoint error: {path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
+    meta = ckpt.get("pgkit") if isinstance(ckpt, dict) else None
+    config = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or not isinstance(config, dict) or "state_dict" not in ckpt:
+        raise UserError(f"checkpoint error: {path}: not a pgkit checkpoint (no pgkit config or state)")
+    state = ckpt["state_dict"]
+    return LoadedCheckpoint(
+        path=p,
+        config=config,
+        state_dict=state,
+        mlflow_run_id=meta.get("mlflow_run_id"),
+        env_steps=int(state.get("env_steps", 0)),
+    )
+
+
+def checkpoint_metadata(mlflow_run_id: str | None) -> dict[str, Any]:
+    """The ``checkpoint["pgkit"]`` section written with every checkpoint."""
+    return {"format": FORMAT_VERSION, "mlflow_run_id": mlflow_run_id}

@@ -1,0 +1,148 @@
+"""``pgkit`` command line: fit, eval, validate, schema, list.
+
+Exit codes: 0 success; 1 the run failed (its last checkpoint is kept); 2 bad input (config, override, checkpoint
+path), reported as one line on stderr without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from pgkit.errors import UserError
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--config", "-c", required=required, help="YAML experiment config")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted key, value parsed as YAML (repeatable), e.g. --set algorithm.learning_rate=1e-4",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all subcommands."""
+    parser = argparse.ArgumentParser(prog="pgkit", description="Policy-gradient training on PyTorch Lightning.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="train from a config (or resume a checkpoint)")
+    _config_args(p, required=False)
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (e.g. .../checkpoints/last.ckpt)")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--episodes", type=int, default=10, help="complete episodes to run (default 10)")
+    p.add_argument("--deterministic", action="store_true", help="act with the distribution's mode")
+    p.add_argument("--seed", type=int, default=None, help="reset seed (default: the evaluation seed of the run)")
+    p.add_argument("--video", metavar="DIR", help="also record the episodes as videos in DIR")
+    p.add_argument("--json", action="store_true", help="print JSON: mean_return, std_return, episodes")
+
+    p = sub.add_parser("validate", help="check a config without training")
+    _config_args(p, required=True)
+
+    sub.add_parser("schema", help="print the config's JSON schema")
+    sub.add_parser("list", help="list algorithms, distributions and environment ids")
+    return parser
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from pgkit.checkpoints import load_checkpoint
+    from pgkit.config_loading import load_config
+    from pgkit.training import fit
+
+    if args.config is None and args.resume is None:
+        raise UserError("pgkit fit: give --config FILE, or --resume CKPT to continue a run with its own config")
+    base = load_checkpoint(args.resume).config if args.config is None else None
+    cfg = load_config(args.config, args.overrides, base=base)
+    try:
+        result = fit(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"pgkit: interrupted; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}", file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"pgkit: run failed; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}", file=sys.stderr)
+        return 1
+    print(f"done: {result.env_steps} env steps; last checkpoint {result.last_checkpoint}")
+    if result.best_checkpoint is not None:
+        print(f"best checkpoint (by evaluation return): {result.best_checkpoint}")
+    if result.mlflow_run_id is not None:
+        print(f"MLflow run {result.mlflow_run_id} at {cfg.logger.tracking_uri} (experiment {cfg.logger.experiment_name!r})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pgkit.evaluation import record_video, restore_agent
+
+    if args.episodes < 1:
+        raise UserError(f"eval error: --episodes: must be at least 1 (got {args.episodes})")
+    agent, cfg, seed = restore_agent(args.checkpoint, args.seed)
+    from pgkit.evaluation import evaluate
+
+    env = cfg.env
+    result = evaluate(agent, env.id, args.episodes, args.deterministic, seed, env.kwargs, env.max_episode_steps)
+    if args.video:
+        record_video(agent, cfg, args.video, args.episodes, args.deterministic, seed)
+    if args.json:
+        print(json.dumps({"mean_return": result.mean_return, "std_return": result.std_return, "episodes": len(result.returns)}))
+    else:
+        print(f"{cfg.env.id}: {result.mean_return:.2f} ± {result.std_return:.2f} over {len(result.returns)} episodes")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pgkit.config_loading import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(
+        f"ok: {cfg.algorithm.name} on {cfg.env.id}, {cfg.num_iterations} iterations of {cfg.batch_size} steps, "
+        f"output in {cfg.trainer.output_dir}"
+    )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pgkit.config import ExperimentConfig
+
+    print(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+
+    from pgkit.config import ALGORITHMS
+    from pgkit.distributions.heads import ALLOWED
+
+    print("algorithms:   " + ", ".join(ALGORITHMS))
+    for space, names in ALLOWED.items():
+        print(f"{space.__name__ + ':':<13} " + ", ".join(names) + f" (default {names[0]})")
+    print("environments:")
+    for env_id in sorted(gym.registry):
+        print(f"  {env_id}")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "validate": cmd_validate, "schema": cmd_schema, "list": cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pgkit`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The experiment config: per-component pydantic models, each building its component with ``init``.
+
+``ExperimentConfig`` is the whole YAML file. Every model forbids unknown keys, and every field's docstring is its
+documentation (it is carried into ``pgkit schema``). Loading, overrides and error reporting live in
+:mod:`pgkit.config_loading`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import gymnasium as gym
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+from pgkit.algorithms.ppo import PPO, PPOConfig
+from pgkit.distributions import DistributionName, LogStdMode, allowed_distributions, make_head
+from pgkit.environments import check_env_id, flat_dim
+from pgkit.environments.actions import ActionBounds
+from pgkit.environments.make import Vectorization
+from pgkit.networks import Activation, ActorCritic, mlp, output_width
+
+_MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+#: Algorithm name -> (config class, LightningModule class). Adding an algorithm means adding a line here.
+ALGORITHMS: dict[str, tuple[type[BaseModel], type]] = {"ppo": (PPOConfig, PPO)}
+
+AlgorithmConfig = Annotated[PPOConfig, Field(discriminator="name")]
+
+
+class EnvConfig(BaseModel):
+    """The environment and its vectorisation, normalisation and action handling."""
+
+    model_config = _MODEL
+
+    id: str = "HalfCheetah-v5"
+    """A registered gymnasium id (e.g. ``HalfCheetah-v5``) or a ``module:Class`` entry point."""
+    num_envs: int = Field(1, ge=1, le=4096)
+    """Parallel sub-environments per process."""
+    vectorization: Vectorization = "sync"
+    """``sync`` steps sub-envs in this process; ``async`` runs each in its own process."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments passed to ``gymnasium.make``."""
+    max_episode_steps: PositiveInt | None = None
+    """Override the env's time limit; episodes cut by it are truncated and bootstrapped."""
+    normalize_obs: bool = True
+    """Normalise observations by their running mean and std (statistics frozen in evaluation)."""
+    obs_clip: float = Field(10.0, gt=0)
+    """Clip normalised observations to ``[-obs_clip, obs_clip]``."""
+    normalize_reward: bool = True
+    """Scale rewards by the running std of the discounted return."""
+    reward_clip: float = Field(10.0, gt=0)
+    """Clip scaled rewards to ``[-reward_clip, reward_clip]``."""
+    action_bounds: ActionBounds = "clip"
+    """How Box actions are kept in bounds: ``clip``, ``rescale`` (from [-1, 1]) or ``none``."""
+
+    @field_validator("id")
+    @classmethod
+    def _known_env(cls, value: str) -> str:
+        check_env_id(value)
+        return value
+
+    def make_probe(self) -> gym.Env:
+        """One environment, for reading the spaces."""
+        from pgkit.environments import make_env
+
+        return make_env(self.id, self.kwargs, self.max_episode_steps)
+
+
+class PolicyConfig(BaseModel):
+    """Actor and critic networks and the action distribution."""
+
+    model_config = _MODEL
+
+    distribution: Literal["auto"] | DistributionName = "auto"
+    """``auto`` picks from the action space: ``normal`` for Box, ``categorical`` for Discrete,
+    ``multi_categorical`` for MultiDiscrete. ``tanh_normal`` squashes a Gaussian into the Box bounds."""
+    actor_hidden: tuple[PositiveInt, ...] = (64, 64)
+    """Hidden layer sizes of the actor (of the shared trunk when ``shared_trunk``)."""
+    critic_hidden: tuple[PositiveInt, ...] = (64, 64)
+    """Hidden layer sizes of the critic (ignored when ``shared_trunk``)."""
+    activation: Activation = "tanh"
+    """Hidden activation: ``tanh``, ``relu``, ``swish`` or ``elu``."""
+    shared_trunk: bool = False
+    """Actor and critic share one trunk."""
+    ortho_init: bool = True
+    """Orthogonal init: gain sqrt(2) on hidden layers, 0.01 on the policy head, 1 on the value head."""
+    log_std: LogStdMode = "state_independent"
+    """Gaussian log-std: a free parameter per action dim, or an output of the actor."""
+    log_std_init: float = Field(0.0, ge=-20, le=2)
+    """Initial log-std of Gaussian policies."""
+
+    def resolve_distribution(self, action_space: gym.Space) -> DistributionName:
+        """The distribution to use on ``action_space``; raises ``ValueError`` if the configured one cannot act."""
+        allowed = allowed_distributions(action_space)
+        if self.distribution == "auto":
+            return allowed[0]
+        if self.distribution not in allowed:
+            raise ValueError(
+                f"{self.distribution!r} cannot act in {type(action_space).__name__} action spaces "
+                f"(allowed: {', '.join(allowed)})"
+            )
+        return self.distribution
+
+    def init(self, observation_space: gym.Space, action_space: gym.Space) -> ActorCritic:
+        """Build the actor-critic for these spaces."""
+        in_dim = flat_dim(observation_space)
+        actor = mlp(in_dim, self.actor_hidden, self.activation, self.ortho_init)
+        latent = output_width(in_dim, self.actor_hidden)
+        head = make_head(
+            self.resolve_distribution(action_space),
+            action_space,
+            latent,
+            self.log_std,
+            self.log_std_init,
+            gain=0.01 if self.ortho_init else 1.0,
+        )
+        if self.shared_trunk:
+            return ActorCritic(actor, head, None, latent)
+        critic = mlp(in_dim, self.critic_hidden, self.activation, self.ortho_init)
+        return ActorCritic(actor, head, critic, output_width(in_dim, self.critic_hidden))
+
+
+class TrainerConfig(BaseModel):
+    """Run length, seed, devices and where outputs go."""
+
+    model_config = _MODEL
+
+    total_timesteps: int = Field(1_000_000, ge=1, le=10**12)
+    """Environment steps to train for (rounded down to whole iterations)."""
+    seed: int = Field(1, ge=0, le=2**31 - 1)
+    """Seeds torch, numpy, Python and the sub-envs (sub-env i of rank r resets with ``seed + r * num_envs + i``)."""
+    output_dir: str | None = None
+    """Directory for checkpoints; defaults to ``runs/<algorithm>-<env id>-s<seed>``."""
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
+    """Lightning accelerator. Small MLP policies are usually fastest on CPU."""
+    devices: int = Field(1, ge=1, le=1024)
+    """Devices (processes) per node."""
+    torch_threads: PositiveInt | None = None
+    """``torch.set_num_threads`` for this process; null keeps torch's default."""
+
+
+class LoggerConfig(BaseModel):
+    """MLflow tracking."""
+
+    model_config = _MODEL
+
+    enabled: bool = True
+    """Track the run in MLflow."""
+    tracking_uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI: ``sqlite:///path.db`` (default, local) or ``http://host:port`` for a server."""
+    experiment_name: str = Field("pgkit", min_length=1)
+    """MLflow experiment name."""
+    run_name: str | None = None
+    """MLflow run name; defaults to ``<algorithm>-<env id>-s<seed>``."""
+
+
+class CheckpointConfig(BaseModel):
+    """Checkpointing."""
+
+    model_config = _MODEL
+
+    every_n_iterations: int = Field(1, ge=1)
+    """Write ``checkpoints/last.ckpt`` every this many iterations (and at the end)."""
+    save_best: bool = True
+    """Also keep ``checkpoints/best.ckpt``, the checkpoint with the highest evaluation return."""
+
+
+class EvalConfig(BaseModel):
+    """Periodic evaluation during training, with frozen normalisation."""
+
+    model_config = _MODEL
+
+    every_n_iterations: int = Field(20, ge=0)
+    """Evaluate every this many iterations and at the last one; 0 disables evaluation."""
+    episodes: int = Field(5, ge=1, le=10_000)
+    """Complete episodes per evaluation."""
+    deterministic: bool = True
+    """Act with the distribution's mode instead of sampling."""
+
+
+class ExperimentConfig(BaseModel):
+    """A whole pgkit experiment: one YAML file."""
+
+    model_config = _MODEL
+
+    algorithm: AlgorithmConfig
+    """The algorithm and its hyperparameters, selected by ``name``."""
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    """The environment."""
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    """Networks and action distribution."""
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    """Run length, seed and devices."""
+    logger: LoggerConfig = Field(default_factory=LoggerConfig)
+    """MLflow tracking."""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpointing."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation during training."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        algo, env = self.algorithm, self.env
+        batch = algo.num_steps * env.num_envs
+        num_minibatches = getattr(algo, "num_minibatches", 1)
+        if batch % num_minibatches:
+            raise ValueError(
+                f"algorithm.num_minibatches: must divide the batch size num_steps * env.num_envs = {batch} "
+                f"(got {num_minibatches})"
+            )
+        if self.trainer.total_timesteps < batch:
+            raise ValueError(
+                f"trainer.total_timesteps: must be at least one iteration, num_steps * env.num_envs = {batch} "
+                f"(got {self.trainer.total_timesteps})"
+            )
+        if self.trainer.output_dir is None:
+            object.__setattr__(self.trainer, "output_dir", f"runs/{self.default_run_name}")
+        return self
+
+    @property
+    def default_run_name(self) -> str:
+        """``<algorithm>-<env id>-s<seed>``, with characters unsafe in paths replaced."""
+        env = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.env.id)
+        return f"{self.algorithm.name}-{env}-s{self.trainer.seed}"
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per iteration per process."""
+        return self.algorithm.num_steps * self.env.num_envs
+
+    @property
+    def num_iterations(self) -> int:
+        """Policy iterations (Lightning epochs): ``total_timesteps // (batch_size * devices)``."""
+        return max(1, self.trainer.total_timesteps // (self.batch_size * self.trainer.devices))
+
+    def init(self):
+        """Build the algorithm's LightningModule for this config."""
+        _, module_cls = ALGORITHMS[self.algorithm.name]
+        return module_cls(self.model_dump(mode="json"))

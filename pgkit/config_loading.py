@@ -1,0 +1,175 @@
+"""Reading a config file, applying ``--set`` overrides, and turning every failure into one readable line.
+
+Every problem becomes a :class:`ConfigError` whose message names the dotted field, the problem and the given
+value, e.g. ``config error: algorithm.clip_range: Input should be greater than 0 (got -0.2)``. The CLI prints it
+and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pgkit.config import ALGORITHMS, ExperimentConfig
+from pgkit.errors import ConfigError
+
+
+def read_yaml_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping from ``path``, reporting missing, unreadable, empty and malformed files."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config error: {path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config error: {path}: is a directory, not a config file") from None
+    except (PermissionError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"config error: {path}: cannot read file ({exc.__class__.__name__}: {exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config error: {path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"config error: {path}: file is empty (expected a mapping with at least `algorithm`)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error: {path}: expected a mapping at the top level (got {type(data).__name__})")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``KEY=VALUE`` (dotted key, YAML value) to ``data`` in place."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"config error: --set {assignment!r}: expected KEY=VALUE with a dotted key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"config error: {key}: value is not valid YAML (got {raw!r})") from None
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            parent = ".".join(parts[: i + 1])
+            raise ConfigError(f"config error: {key}: {parent} is a value, not a section (got {child!r})")
+        node = child
+    node[parts[-1]] = value
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model holding the field at ``loc`` (for suggesting key names)."""
+    model: type[BaseModel] | None = ExperimentConfig
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if model is ExperimentConfig and part == "algorithm":
+            return None  # resolved by the caller through ALGORITHMS
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None) if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Pydantic puts the discriminator's tag in the location of union members: algorithm.ppo.clip_range.
+    if len(loc) >= 2 and loc[0] == "algorithm" and loc[1] in ALGORITHMS:
+        return (loc[0], *loc[2:])
+    return loc
+
+
+def _suggest(loc: tuple[Any, ...], algo_name: str | None) -> str:
+    if len(loc) >= 2 and loc[0] == "algorithm" and algo_name in ALGORITHMS:
+        model: type[BaseModel] | None = ALGORITHMS[algo_name][0] if len(loc) == 2 else None
+    else:
+        model = _model_at(loc)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(model.model_fields)}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> str:
+    """One line for the first error (with a count of the others)."""
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    loc = _clean_loc(tuple(err["loc"]))
+    field = ".".join(str(p) for p in loc)
+    kind, value = err["type"], err.get("input")
+    algo = data.get("algorithm")
+    algo_name = algo.get("name") if isinstance(algo, dict) else None
+    names = ", ".join(ALGORITHMS)
+    if kind == "union_tag_invalid":
+        message = f"algorithm.name: unknown algorithm {_short(algo_name)}; expected one of: {names}"
+    elif kind == "union_tag_not_found":
+        message = f"algorithm.name: missing; expected one of: {names}"
+    elif kind == "model_attributes_type" or kind == "model_type":
+        message = f"{field or '<top level>'}: expected a mapping (got {_short(value)})"
+    elif kind == "extra_forbidden":
+        message = f"{field}: unknown key{_suggest(loc, algo_name)} (got {_short(value)})"
+    elif kind == "missing":
+        message = f"{field}: required field is missing"
+    elif not loc:
+        # Cross-field checks raise messages that already name their field and value.
+        message = err["msg"].removeprefix("Value error, ")
+    else:
+        msg = err["msg"].removeprefix("Value error, ")
+        message = f"{field}: {msg} (got {_short(value)})"
+    more = len(errors) - 1
+    suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    return f"config error: {message}{suffix}"
+
+
+def parse_config(data: dict[str, Any]) -> ExperimentConfig:
+    """Validate a config mapping, raising :class:`ConfigError` with one readable line on failure."""
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, data)) from None
+    check_spaces(cfg)
+    return cfg
+
+
+def check_spaces(cfg: ExperimentConfig) -> None:
+    """Checks that need the environment itself: it can be built, and the distribution can act in it."""
+    try:
+        env = cfg.env.make_probe()
+    except Exception as exc:  # an env's constructor may raise anything; report it as bad input
+        raise ConfigError(
+            f"config error: env: cannot create {cfg.env.id!r} with kwargs {cfg.env.kwargs}: "
+            f"{exc.__class__.__name__}: {exc}"
+        ) from None
+    try:
+        action_space = env.action_space
+        try:
+            cfg.policy.resolve_distribution(action_space)
+        except ValueError as exc:
+            raise ConfigError(f"config error: policy.distribution: {exc} (got {cfg.policy.distribution!r})") from None
+        bounded = getattr(action_space, "is_bounded", lambda: True)()
+        if cfg.env.action_bounds == "rescale" and not bounded:
+            raise ConfigError("config error: env.action_bounds: 'rescale' needs finite action bounds (got 'rescale')")
+    finally:
+        env.close()
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> ExperimentConfig:
+    """Read ``path`` (or start from ``base``), apply ``KEY=VALUE`` overrides in order, and validate."""
+    data = read_yaml_file(path) if path is not None else copy.deepcopy(base or {})
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return parse_config(data)

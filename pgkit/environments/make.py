@@ -1,0 +1,91 @@
+"""Environment creation: registered ids or ``module:Class`` entry points, flat observations, vector envs."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.registration import EnvSpec
+from gymnasium.vector import AutoresetMode
+
+Vectorization = Literal["sync", "async"]
+
+
+def is_entry_point(env_id: str) -> bool:
+    """``module:Class`` (or ``module:function``) rather than a registered id."""
+    return ":" in env_id and env_id not in gym.registry
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ``ValueError`` with the closest registered ids when ``env_id`` names no environment."""
+    if is_entry_point(env_id):
+        module_name, _, attr = env_id.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"cannot import module {module_name!r} of entry point: {exc}") from None
+        if not hasattr(module, attr):
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
+        return
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `pgkit list` shows the registered ids"
+    raise ValueError(f"unknown environment{hint}")
+
+
+def _spec(env_id: str, max_episode_steps: int | None) -> str | EnvSpec:
+    if is_entry_point(env_id):
+        return EnvSpec(id=env_id, entry_point=env_id, max_episode_steps=max_episode_steps)
+    return env_id
+
+
+def make_env(
+    env_id: str,
+    kwargs: dict[str, Any] | None = None,
+    max_episode_steps: int | None = None,
+    render_mode: str | None = None,
+) -> gym.Env:
+    """One environment with a flat ``Box`` observation space (Discrete/Dict/Tuple observations are flattened)."""
+    extra: dict[str, Any] = dict(kwargs or {})
+    if render_mode is not None:
+        extra["render_mode"] = render_mode
+    spec = _spec(env_id, max_episode_steps)
+    if isinstance(spec, str) and max_episode_steps is not None:
+        extra["max_episode_steps"] = max_episode_steps
+    env = gym.make(spec, **extra)
+    obs_space = env.observation_space
+    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
+
+
+def make_vec_env(
+    env_id: str,
+    num_envs: int,
+    vectorization: Vectorization = "sync",
+    kwargs: dict[str, Any] | None = None,
+    max_episode_steps: int | None = None,
+) -> gym.vector.VectorEnv:
+    """A vector env that autoresets in the same step (the real final observation is in ``info["final_obs"]``)
+    and records episode returns and lengths of the raw rewards."""
+    fns: list[Callable[[], gym.Env]] = [
+        lambda: make_env(env_id, kwargs, max_episode_steps) for _ in range(num_envs)
+    ]
+    cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
+    envs = cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def seed_list(seed: int, num_envs: int, offset: int = 0) -> list[int]:
+    """Distinct reset seeds for each sub-env (``offset`` separates ranks or evaluation envs)."""
+    return [int(seed) + offset + i for i in range(num_envs)]
+
+
+def flat_dim(space: gym.Space) -> int:
+    """Number of scalars in a flat observation."""
+    return int(np.prod(space.shape))

@@ -1,0 +1,117 @@
+"""Policy evaluation on fresh environments, shared by training-time evaluation and ``pgkit eval``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pgkit.environments import make_env, make_vec_env, seed_list
+from pgkit.errors import UserError
+
+#: Offset between the reset seeds of training and evaluation envs, so evaluation never replays training starts.
+EVAL_SEED_OFFSET = 1_000_000
+
+
+class Actor(Protocol):
+    """Anything that maps a batch of raw observations to environment actions."""
+
+    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Undiscounted returns and lengths of complete evaluation episodes."""
+
+    returns: list[float]
+    lengths: list[int]
+
+    @property
+    def mean_return(self) -> float:
+        """Mean episode return."""
+        return float(np.mean(self.returns))
+
+    @property
+    def std_return(self) -> float:
+        """Population standard deviation of the episode returns."""
+        return float(np.std(self.returns))
+
+
+def evaluate(
+    actor: Actor,
+    env_id: str,
+    episodes: int,
+    deterministic: bool,
+    seed: int,
+    env_kwargs: dict | None = None,
+    max_episode_steps: int | None = None,
+    max_parallel: int = 16,
+) -> EvalResult:
+    """Run exactly ``episodes`` complete episodes.
+
+    Each sub-env is given a fixed quota of episodes before stepping starts, so short episodes are not
+    over-represented (stopping at the first ``episodes`` finishers would bias the mean towards them).
+    """
+    num_envs = min(episodes, max_parallel)
+    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
+    envs = make_vec_env(env_id, num_envs, "sync", env_kwargs, max_episode_steps)
+    returns: list[float] = []
+    lengths: list[int] = []
+    try:
+        obs, _ = envs.reset(seed=seed_list(seed, num_envs))
+        done_count = np.zeros(num_envs, dtype=int)
+        while (done_count < quota).any():
+            obs, _, _, _, info = envs.step(actor.act(obs, deterministic))
+            if "episode" in info:
+                for i in np.flatnonzero(info["_episode"]):
+                    if done_count[i] < quota[i]:
+                        returns.append(float(info["episode"]["r"][i]))
+                        lengths.append(int(info["episode"]["l"][i]))
+                        done_count[i] += 1
+    finally:
+        envs.close()
+    return EvalResult(returns, lengths)
+
+
+def restore_agent(checkpoint: str | Path, seed: int | None = None) -> tuple[Any, Any, int]:
+    """Rebuild the trained module from a checkpoint alone: ``(module in eval mode, config, evaluation seed)``.
+
+    The default seed is the one training-time evaluation used, so ``pgkit eval`` reproduces its returns.
+    """
+    from pgkit.checkpoints import load_checkpoint
+    from pgkit.config_loading import parse_config
+
+    loaded = load_checkpoint(checkpoint)
+    cfg = parse_config(loaded.config)
+    module = cfg.init()
+    try:
+        module.load_state_dict(loaded.state_dict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"checkpoint error: {checkpoint}: weights do not match its config: {first}") from None
+    module.eval()
+    return module, cfg, cfg.trainer.seed + EVAL_SEED_OFFSET if seed is None else seed
+
+
+def record_video(actor: Actor, cfg: Any, folder: str | Path, episodes: int, deterministic: bool, seed: int) -> None:
+    """Record ``episodes`` episodes, one video each, with gymnasium's ``RecordVideo`` (needs ``moviepy``)."""
+    try:
+        import moviepy  # noqa: F401
+    except ImportError:
+        raise UserError("eval error: --video needs moviepy: pip install 'pgkit[video]'") from None
+    import gymnasium as gym
+
+    env = make_env(cfg.env.id, cfg.env.kwargs, cfg.env.max_episode_steps, render_mode="rgb_array")
+    env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True, disable_logger=True)
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            done = False
+            while not done:
+                action = actor.act(np.asarray(obs)[None], deterministic)[0]
+                obs, _, terminated, truncated, _ = env.step(action)
+                done = terminated or truncated
+    finally:
+        env.close()

@@ -1,0 +1,119 @@
+"""Wiring a config to Lightning: the module, the MLflow logger, checkpoint callbacks and the Trainer."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+
+from pgkit.callbacks import EnvStepProgressBar, MLflowArtifacts
+from pgkit.checkpoints import load_checkpoint
+from pgkit.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Where a finished run left its outputs."""
+
+    output_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    mlflow_run_id: str | None
+    env_steps: int
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's start-up banners and warnings that do not apply to on-policy RL."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+    for pattern in (
+        ".*does not have many workers.*",  # indices come from the main process by design
+        ".*IterableDataset.*__len__.*",
+        ".*could not find the monitored key.*",  # eval/mean_return exists only on evaluation iterations
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",  # Lightning 2.6 with torch 2.13, harmless
+    ):
+        warnings.filterwarnings("ignore", pattern)
+
+
+def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | None:
+    """The MLflow logger, continuing ``run_id`` when resuming."""
+    if not cfg.logger.enabled:
+        return None
+    return MLFlowLogger(
+        experiment_name=cfg.logger.experiment_name,
+        run_name=cfg.logger.run_name or cfg.default_run_name,
+        tracking_uri=cfg.logger.tracking_uri,
+        run_id=run_id,
+        log_model=False,
+    )
+
+
+def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
+    """Train ``cfg`` to completion (or continue the run saved in ``resume``)."""
+    quiet_lightning()
+    if cfg.trainer.torch_threads:
+        torch.set_num_threads(cfg.trainer.torch_threads)
+    L.seed_everything(cfg.trainer.seed, workers=False, verbose=False)
+    run_id = load_checkpoint(resume).mlflow_run_id if resume else None
+
+    output_dir = Path(cfg.trainer.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    module = cfg.init()
+    logger = make_logger(cfg, run_id)
+    callbacks: list[L.Callback] = [
+        EnvStepProgressBar(),
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            save_last=True,
+            save_top_k=0,
+            every_n_epochs=cfg.checkpoint.every_n_iterations,
+            save_on_train_epoch_end=True,
+        ),
+    ]
+    best = None
+    if cfg.checkpoint.save_best and cfg.eval.every_n_iterations:
+        best = ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="best",
+            monitor="eval/mean_return",
+            mode="max",
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+        callbacks.append(best)
+    if logger is not None:
+        callbacks.append(MLflowArtifacts(logger, cfg.model_dump(mode="json"), checkpoint_dir, resumed=run_id is not None))
+
+    trainer = L.Trainer(
+        max_epochs=cfg.num_iterations,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        gradient_clip_val=cfg.algorithm.max_grad_norm,
+        gradient_clip_algorithm="norm",
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        default_root_dir=output_dir,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, ckpt_path=str(resume) if resume else None)
+    best_path = checkpoint_dir / "best.ckpt"
+    return FitResult(
+        output_dir=output_dir,
+        last_checkpoint=checkpoint_dir / "last.ckpt",
+        best_checkpoint=best_path if best is not None and best_path.exists() else None,
+        mlflow_run_id=logger.run_id if logger is not None else None,
+        env_steps=int(module.env_steps),
+    )
