@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import yaml
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from tqdm.auto import tqdm
 
@@ -34,7 +34,11 @@ class EnvStepProgressBar(ProgressBar):
             return
         total = pl_module.num_iterations * pl_module.batch_size * trainer.world_size
         self.bar = tqdm(
-            total=total, initial=int(pl_module.env_steps), unit="step", unit_scale=True, dynamic_ncols=True,
+            total=total,
+            initial=int(pl_module.env_steps),
+            unit="step",
+            unit_scale=True,
+            dynamic_ncols=True,
             desc=f"{pl_module.cfg.algorithm.name} {pl_module.cfg.env.id}",
         )
 
@@ -56,8 +60,8 @@ class EnvStepProgressBar(ProgressBar):
             return
         self.bar.n = int(pl_module.env_steps)
         postfix = {"sps": f"{pl_module.rollout_metrics.get('time/sps', 0.0):.0f}"}
-        if pl_module.recent_returns:
-            postfix["return"] = f"{np.mean(pl_module.recent_returns):.1f}"
+        if pl_module.episode_returns:
+            postfix["return"] = f"{np.mean(pl_module.episode_returns[-100:]):.1f}"
         if "eval/mean_return" in pl_module.last_metrics:
             postfix["eval"] = f"{pl_module.last_metrics['eval/mean_return']:.1f}"
         self.bar.set_postfix(postfix, refresh=False)
@@ -128,3 +132,20 @@ def plot_learning_curve(client, run_id: str, path: Path) -> bool:
         fig.savefig(path, dpi=100)
     plt.close(fig)
     return drawn
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``last.ckpt`` every ``every_n_iterations`` and at the final iteration.
+
+    ``ModelCheckpoint(save_top_k=0, save_last=True)`` only writes it when training ends, which loses everything
+    when a long run fails; this writes it as the run goes. As a ``Checkpoint`` subclass it runs after the module's
+    own epoch-end hook, so the saved state includes that iteration's evaluation.
+    """
+
+    def __init__(self, path: Path, every_n_iterations: int) -> None:
+        self.path, self.every = Path(path), every_n_iterations
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        iteration = trainer.current_epoch + 1
+        if iteration % self.every == 0 or iteration >= (trainer.max_epochs or 0):
+            trainer.save_checkpoint(self.path, weights_only=False)

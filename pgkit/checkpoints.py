@@ -43,7 +43,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"checkpoint error: {path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
+        raise UserError(
+            f"checkpoint error: {path}: not a readable checkpoint (truncated or corrupt?): {first}"
+        ) from None
     meta = ckpt.get("pgkit") if isinstance(ckpt, dict) else None
     config = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or not isinstance(config, dict) or "state_dict" not in ckpt:

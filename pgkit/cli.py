@@ -65,17 +65,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
     try:
         result = fit(cfg, resume=args.resume)
     except KeyboardInterrupt:
-        print(f"pgkit: interrupted; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}", file=sys.stderr)
+        print(
+            f"pgkit: interrupted; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}",
+            file=sys.stderr,
+        )
         return 1
     except Exception:
         traceback.print_exc()
-        print(f"pgkit: run failed; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}", file=sys.stderr)
+        print(
+            f"pgkit: run failed; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}",
+            file=sys.stderr,
+        )
         return 1
     print(f"done: {result.env_steps} env steps; last checkpoint {result.last_checkpoint}")
     if result.best_checkpoint is not None:
         print(f"best checkpoint (by evaluation return): {result.best_checkpoint}")
     if result.mlflow_run_id is not None:
-        print(f"MLflow run {result.mlflow_run_id} at {cfg.logger.tracking_uri} (experiment {cfg.logger.experiment_name!r})")
+        where = f"{cfg.logger.tracking_uri} (experiment {cfg.logger.experiment_name!r})"
+        print(f"MLflow run {result.mlflow_run_id} at {where}")
     return 0
 
 
@@ -92,7 +99,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.video:
         record_video(agent, cfg, args.video, args.episodes, args.deterministic, seed)
     if args.json:
-        print(json.dumps({"mean_return": result.mean_return, "std_return": result.std_return, "episodes": len(result.returns)}))
+        print(
+            json.dumps(
+                {"mean_return": result.mean_return, "std_return": result.std_return, "episodes": len(result.returns)}
+            )
+        )
     else:
         print(f"{cfg.env.id}: {result.mean_return:.2f} ± {result.std_return:.2f} over {len(result.returns)} episodes")
     return 0

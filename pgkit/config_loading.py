@@ -167,7 +167,9 @@ def check_spaces(cfg: ExperimentConfig) -> None:
         env.close()
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None
+) -> ExperimentConfig:
     """Read ``path`` (or start from ``base``), apply ``KEY=VALUE`` overrides in order, and validate."""
     data = read_yaml_file(path) if path is not None else copy.deepcopy(base or {})
     for assignment in overrides or []:

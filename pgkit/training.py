@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
-from pgkit.callbacks import EnvStepProgressBar, MLflowArtifacts
+from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts
 from pgkit.checkpoints import load_checkpoint
 from pgkit.config import ExperimentConfig
 
@@ -26,6 +26,8 @@ class FitResult:
     best_checkpoint: Path | None
     mlflow_run_id: str | None
     env_steps: int
+    episode_returns: list[float]
+    """Returns of every training episode this process finished, in order."""
 
 
 def quiet_lightning() -> None:
@@ -69,13 +71,7 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     logger = make_logger(cfg, run_id)
     callbacks: list[L.Callback] = [
         EnvStepProgressBar(),
-        ModelCheckpoint(
-            dirpath=checkpoint_dir,
-            save_last=True,
-            save_top_k=0,
-            every_n_epochs=cfg.checkpoint.every_n_iterations,
-            save_on_train_epoch_end=True,
-        ),
+        LastCheckpoint(checkpoint_dir / "last.ckpt", cfg.checkpoint.every_n_iterations),
     ]
     best = None
     if cfg.checkpoint.save_best and cfg.eval.every_n_iterations:
@@ -91,7 +87,9 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         )
         callbacks.append(best)
     if logger is not None:
-        callbacks.append(MLflowArtifacts(logger, cfg.model_dump(mode="json"), checkpoint_dir, resumed=run_id is not None))
+        callbacks.append(
+            MLflowArtifacts(logger, cfg.model_dump(mode="json"), checkpoint_dir, resumed=run_id is not None)
+        )
 
     trainer = L.Trainer(
         max_epochs=cfg.num_iterations,
@@ -116,4 +114,5 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         best_checkpoint=best_path if best is not None and best_path.exists() else None,
         mlflow_run_id=logger.run_id if logger is not None else None,
         env_steps=int(module.env_steps),
+        episode_returns=list(module.episode_returns),
     )

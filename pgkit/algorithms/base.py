@@ -15,7 +15,6 @@ Subclasses implement ``compute_loss`` and ``configure_optimizers`` and nothing e
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -86,7 +85,7 @@ class OnPolicyModule(L.LightningModule):
         self.envs: Any = None
         self._next_obs: Tensor | None = None
         self.buffer: TensorDict | None = None
-        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.episode_returns: list[float] = []  # every training episode finished in this process, in order
         self.last_metrics: dict[str, float] = {}
         self._sums: dict[str, Tensor] = {}
         self._count = 0
@@ -166,9 +165,7 @@ class OnPolicyModule(L.LightningModule):
             bootstrap = np.flatnonzero(truncated & ~terminated)
             if bootstrap.size:  # value of the real final observation, not of the auto-reset one
                 final_obs = torch.as_tensor(np.stack(info["final_obs"][bootstrap]), dtype=torch.float32, device=dev)
-                final_b[t, torch.as_tensor(bootstrap, device=dev)] = self.policy.value(
-                    self.obs_normalizer(final_obs)
-                )
+                final_b[t, torch.as_tensor(bootstrap, device=dev)] = self.policy.value(self.obs_normalizer(final_obs))
             if "episode" in info:
                 ended = np.flatnonzero(info["_episode"])
                 episodes += [(float(info["episode"]["r"][i]), int(info["episode"]["l"][i])) for i in ended]
@@ -195,12 +192,14 @@ class OnPolicyModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._sums, self._count = {}, 0
+        self.anneal_learning_rates()
         episodes = self.collect_rollout()
         self.env_steps += self.batch_size * self.trainer.world_size
         steps = int(self.env_steps)
-        self.recent_returns.extend(r for r, _ in episodes)
+        self.episode_returns.extend(r for r, _ in episodes)
         b = self.buffer
         metrics = {"train/explained_variance": float(explained_variance(b["value"], b["return"]))}
+        metrics["train/learning_rate"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         if episodes:
             metrics["rollout/episode_return"] = float(np.mean([r for r, _ in episodes]))
             metrics["rollout/episode_length"] = float(np.mean([n for _, n in episodes]))
@@ -229,7 +228,6 @@ class OnPolicyModule(L.LightningModule):
             keys = list(self._sums)
             values = torch.stack([self._sums[k] for k in keys]).div(self._count).tolist()
             metrics.update({f"train/{k}": v for k, v in zip(keys, values, strict=True) if k != "loss"})
-        metrics["train/learning_rate"] = self.optimizers().param_groups[0]["lr"]
         iteration = self.current_epoch + 1
         every = self.cfg.eval.every_n_iterations
         if every and (iteration % every == 0 or iteration == self.num_iterations):
@@ -265,6 +263,16 @@ class OnPolicyModule(L.LightningModule):
         A ``None`` loss skips the optimizer step for this minibatch."""
         raise NotImplementedError
 
-    def annealing_factor(self, epoch: int) -> float:
-        """Linear LR annealing as in CleanRL: 1 at the first iteration, 1/num_iterations at the last."""
-        return 1.0 - epoch / self.num_iterations if self.cfg.algorithm.anneal_lr else 1.0
+    def anneal_learning_rates(self) -> None:
+        """Linear annealing as in CleanRL: each param group's lr is its initial lr times ``1 - i / num_iterations``
+        for iteration ``i`` (0-based).
+
+        Set directly rather than through an LR scheduler because it is a pure function of the iteration: a run
+        resumed with a larger ``total_timesteps`` continues on the new schedule at once, where a restored
+        ``LambdaLR`` would apply one stale step from the old one.
+        """
+        fraction = 1.0 - self.current_epoch / self.num_iterations if self.cfg.algorithm.anneal_lr else 1.0
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])  # saved with the optimizer state, so kept on resume
+                group["lr"] = group["initial_lr"] * fraction

@@ -85,10 +85,8 @@ class PPO(OnPolicyModule):
         self.update_epochs, self.num_minibatches = algo.update_epochs, algo.num_minibatches
         self._kl_exceeded = False
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.annealing_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps)
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
+import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -13,6 +15,27 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode
 
 Vectorization = Literal["sync", "async"]
+
+_log = logging.getLogger("pgkit.mujoco")
+
+
+@functools.cache
+def route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings to Python logging instead of stderr and a MUJOCO_LOG.TXT in the working directory.
+
+    MuJoCo >= 3.17 warns on every model load that gymnasium's MuJoCo XMLs use the deprecated ``settotalmass``;
+    that one is logged at DEBUG, anything else at WARNING.
+    """
+    try:
+        import mujoco
+    except ImportError:
+        return
+
+    def handler(message: str) -> None:
+        level = logging.DEBUG if "settotalmass" in message else logging.WARNING
+        _log.log(level, "MuJoCo: %s", message.strip())
+
+    mujoco.set_mju_user_warning(handler)
 
 
 def is_entry_point(env_id: str) -> bool:
@@ -51,6 +74,7 @@ def make_env(
     render_mode: str | None = None,
 ) -> gym.Env:
     """One environment with a flat ``Box`` observation space (Discrete/Dict/Tuple observations are flattened)."""
+    route_mujoco_warnings()
     extra: dict[str, Any] = dict(kwargs or {})
     if render_mode is not None:
         extra["render_mode"] = render_mode
@@ -73,9 +97,7 @@ def make_vec_env(
 ) -> gym.vector.VectorEnv:
     """A vector env that autoresets in the same step (the real final observation is in ``info["final_obs"]``)
     and records episode returns and lengths of the raw rewards."""
-    fns: list[Callable[[], gym.Env]] = [
-        lambda: make_env(env_id, kwargs, max_episode_steps) for _ in range(num_envs)
-    ]
+    fns: list[Callable[[], gym.Env]] = [lambda: make_env(env_id, kwargs, max_episode_steps) for _ in range(num_envs)]
     cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
     envs = cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)

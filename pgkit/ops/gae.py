@@ -22,6 +22,7 @@ def gae(
     value of the real final observation, which is bootstrapped; for a terminated step it is ignored. Either end cuts
     the trace, so no advantage leaks from one episode into the next.
     """
+
     # TorchRL wants [*batch, time, 1]: put envs first.
     def to_torchrl(x: Tensor) -> Tensor:
         return x.transpose(0, 1).unsqueeze(-1)

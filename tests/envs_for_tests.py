@@ -1,0 +1,38 @@
+"""Tiny deterministic environments for exact tests of the rollout."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+
+class CounterEnv(gym.Env):
+    """Observation is the step index within the episode; reward 1 per step; the action is ignored.
+
+    With ``terminate_at`` the episode terminates at that step; otherwise a TimeLimit truncates it. The final
+    observation (the step index at the end) differs from every reset observation (0), so a test can tell whether
+    a bootstrap used the real final observation.
+    """
+
+    def __init__(self, terminate_at: int | None = None) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.terminate_at = terminate_at
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.terminate_at is not None and self.t >= self.terminate_at
+        return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}
+
+
+class TerminatingCounterEnv(CounterEnv):
+    """:class:`CounterEnv` that terminates at step 3."""
+
+    def __init__(self) -> None:
+        super().__init__(terminate_at=3)

@@ -1,0 +1,155 @@
+"""Config validation and the CLI's exit-2 contract: one line naming the field and the value, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pgkit.cli import main
+from pgkit.config_loading import load_config
+
+BASE = {"algorithm": {"name": "ppo"}, "env": {"id": "CartPole-v1"}}
+
+
+def write(tmp_path, data, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return str(path)
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["algorithm.clip_range=-0.2"],
+            "config error: algorithm.clip_range: Input should be greater than 0 (got -0.2)",
+        ),
+        (
+            ["algorithm.learning_rate=0"],
+            "config error: algorithm.learning_rate: Input should be greater than 0 (got 0)",
+        ),
+        (
+            ["algorithm.clip_rnge=0.1"],
+            "config error: algorithm.clip_rnge: unknown key; did you mean 'clip_range'? (got 0.1)",
+        ),
+        (["algorithm.name=foo"], "config error: algorithm.name: unknown algorithm 'foo'; expected one of: ppo"),
+        (["env.num_envs=four"], "config error: env.num_envs: Input should be a valid integer"),
+        (["env.num_envs=0"], "config error: env.num_envs: Input should be greater than or equal to 1 (got 0)"),
+        (["env.foo=1"], "config error: env.foo: unknown key"),
+        (["bogus=1"], "config error: bogus: unknown key"),
+        (
+            ["policy.activation=sigmoid"],
+            "config error: policy.activation: Input should be 'tanh', 'relu', 'swish' or 'elu'",
+        ),
+        (
+            ["policy.actor_hidden=[64, -1]"],
+            "config error: policy.actor_hidden.1: Input should be greater than 0 (got -1)",
+        ),
+        (["algorithm.num_minibatches=7"], "config error: algorithm.num_minibatches: must divide the batch size"),
+        (["trainer.total_timesteps=10"], "config error: trainer.total_timesteps: must be at least one iteration"),
+        (["trainer.seed=99999999999999999999999"], "config error: trainer.seed: Input should be less than or equal to"),
+        (["policy.distribution=normal"], "config error: policy.distribution: 'normal' cannot act in Discrete"),
+        (["env.id=CartPol-v1"], "config error: env.id: unknown environment; did you mean CartPole-v1"),
+        (["env.id=nosuchmodule:Env"], "config error: env.id: cannot import module 'nosuchmodule'"),
+        (["env.id.x=1"], "config error: env.id.x: env.id is a value, not a section"),
+        (["noequals"], "config error: --set 'noequals': expected KEY=VALUE"),
+        (["env=3"], "config error: env: expected a mapping (got 3)"),
+    ],
+)
+def test_bad_overrides_exit_2_with_one_line(tmp_path, capsys, overrides, expected):
+    argv = ["validate", "--config", write(tmp_path, BASE)]
+    for o in overrides:
+        argv += ["--set", o]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.startswith(expected), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("algorithm: [unclosed", "invalid YAML at line 1"),
+        ("", "file is empty"),
+        ("- a\n- b\n", "expected a mapping at the top level (got list)"),
+        ("env:\n  id: CartPole-v1\n", "algorithm: required field is missing"),
+    ],
+)
+def test_bad_files_exit_2(tmp_path, capsys, content, expected):
+    code, _, err = run_cli(capsys, "validate", "--config", write(tmp_path, content))
+    assert code == 2 and expected in err and err.count("\n") == 1
+
+
+def test_missing_file_and_directory(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "validate", "--config", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "file not found" in err
+    code, _, err = run_cli(capsys, "validate", "--config", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+
+
+def test_valid_config_and_overrides_apply(tmp_path, capsys):
+    path = write(tmp_path, BASE)
+    cfg = load_config(path, ["algorithm.learning_rate=1e-4", "env.num_envs=4", "policy.actor_hidden=[32, 32]"])
+    assert cfg.algorithm.learning_rate == pytest.approx(1e-4)
+    assert cfg.env.num_envs == 4 and cfg.policy.actor_hidden == (32, 32)
+    assert cfg.trainer.output_dir == "runs/ppo-CartPole-v1-s1"
+    code, out, _ = run_cli(capsys, "validate", "--config", path, "--set", "trainer.seed=3")
+    assert code == 0 and out.startswith("ok: ppo on CartPole-v1") and "runs/ppo-CartPole-v1-s3" in out
+
+
+def test_required_dotted_keys_exist():
+    cfg = load_config(None, [], base=BASE)
+    for key in [
+        "algorithm.name",
+        "algorithm.learning_rate",
+        "env.id",
+        "env.num_envs",
+        "trainer.total_timesteps",
+        "trainer.seed",
+        "trainer.output_dir",
+        "logger.tracking_uri",
+        "logger.experiment_name",
+    ]:
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        assert obj is not None, key
+    assert cfg.logger.tracking_uri == "sqlite:///mlflow.db"
+
+
+def test_schema_has_field_docs(capsys):
+    code, out, _ = run_cli(capsys, "schema")
+    schema = json.loads(out)
+    assert code == 0
+    env = schema["$defs"]["EnvConfig"]["properties"]
+    assert "gymnasium id" in env["id"]["description"]
+    assert "clip" in schema["$defs"]["PPOConfig"]["properties"]["clip_range"]["description"].lower()
+
+
+def test_list_shows_algorithms_distributions_envs(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and "ppo" in out and "tanh_normal" in out and "HalfCheetah-v5" in out
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    path = write(tmp_path, BASE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgkit", "fit", "--config", path, "--set", "algorithm.clip_range=-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "config error: algorithm.clip_range: Input should be greater than 0 (got -1)"
+    )
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,31 @@
+"""PPO learns: fixed seeds, small budgets, return thresholds that fail honestly if the algorithm breaks."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgkit.config_loading import load_config
+from pgkit.training import fit
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+QUIET = ["logger.enabled=false", "eval.every_n_iterations=0"]
+
+pytestmark = pytest.mark.learning
+
+
+def test_ppo_cartpole_reaches_450():
+    # configs/ppo-cartpole.yaml as shipped: 100k steps, about 30 s.
+    result = fit(load_config(CONFIGS / "ppo-cartpole.yaml", QUIET))
+    last20 = float(np.mean(result.episode_returns[-20:]))
+    assert last20 >= 450, f"mean return of the last 20 episodes {last20:.1f} < 450"
+
+
+def test_ppo_inverted_pendulum_improves():
+    # The MuJoCo config on InvertedPendulum-v5, 20 iterations of 1024 steps: a random policy scores about 5-30.
+    overrides = ["env.id=InvertedPendulum-v5", "algorithm.num_steps=1024", "trainer.total_timesteps=20480", *QUIET]
+    result = fit(load_config(CONFIGS / "ppo.yaml", overrides))
+    first20 = float(np.mean(result.episode_returns[:20]))
+    last20 = float(np.mean(result.episode_returns[-20:]))
+    assert first20 < 60, f"the first episodes should be near random, got {first20:.1f}"
+    assert last20 >= 200, f"mean return of the last 20 episodes {last20:.1f} < 200"
