@@ -36,3 +36,15 @@ class TerminatingCounterEnv(CounterEnv):
 
     def __init__(self) -> None:
         super().__init__(terminate_at=3)
+
+
+class CrashingEnv(CounterEnv):
+    """Raises from ``step`` once any instance in the process has taken 40 steps: a run that fails mid-way."""
+
+    steps_taken = 0
+
+    def step(self, action):
+        CrashingEnv.steps_taken += 1
+        if CrashingEnv.steps_taken > 40:
+            raise RuntimeError("simulated simulator crash")
+        return super().step(action)

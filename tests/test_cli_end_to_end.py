@@ -121,3 +121,28 @@ def test_resume_continues_steps_schedule_normalizer_and_mlflow_run(trained):
     lrs = {m.step: m.value for m in client.get_metric_history(first["pgkit"]["mlflow_run_id"], "train/learning_rate")}
     # First run: 2 iterations annealed over 2. Resumed: iterations 3 and 4 of 4 continue the schedule.
     assert lrs == pytest.approx({BATCH: 1e-3, 2 * BATCH: 5e-4, 3 * BATCH: 5e-4, 4 * BATCH: 2.5e-4})
+
+
+def test_eval_records_videos(trained, tmp_path):
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pgkit",
+            "eval",
+            "--checkpoint",
+            str(trained["work"] / "run/checkpoints/last.ckpt"),
+            "--episodes",
+            "2",
+            "--video",
+            str(tmp_path / "videos"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    videos = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert len(videos) == 2 and all(v.stat().st_size > 1000 for v in videos)

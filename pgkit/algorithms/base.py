@@ -136,13 +136,16 @@ class OnPolicyModule(L.LightningModule):
         )
 
     # ---------------------------------------------------------------------------------------------------- rollout
-    @torch.inference_mode()
     def collect_rollout(self) -> list[tuple[float, int]]:
         """Fill ``self.buffer`` with one rollout and its advantages; return the (return, length) of each episode
         that ended during it."""
         if self.buffer is None:
+            # Allocated outside inference mode, so the update may use the buffer in autograd.
             self.buffer = self._allocate_buffer()
-        b = self.buffer
+        with torch.inference_mode():
+            return self._collect(self.buffer)
+
+    def _collect(self, b: TensorDict) -> list[tuple[float, int]]:
         obs_b, act_b, logp_b, rew_b = b["obs"], b["action"], b["log_prob"], b["reward"]
         term_b, trunc_b, val_b, final_b = b["terminated"], b["truncated"], b["value"], b["final_value"]
         final_b.zero_()
