@@ -64,6 +64,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, base=base)
     try:
         result = fit(cfg, resume=args.resume)
+    except UserError:
+        raise
     except KeyboardInterrupt:
         print(
             f"pgkit: interrupted; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}",

@@ -146,3 +146,51 @@ def test_eval_records_videos(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     videos = sorted((tmp_path / "videos").glob("*.mp4"))
     assert len(videos) == 2 and all(v.stat().st_size > 1000 for v in videos)
+
+
+def test_resume_with_incompatible_config_is_bad_input(trained):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pgkit",
+            "fit",
+            "--config",
+            "c.yaml",
+            "--set",
+            "env.num_envs=2",
+            "--set",
+            "algorithm.num_minibatches=1",
+            "--resume",
+            "run/checkpoints/last.ckpt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=trained["work"],
+    )
+    assert proc.returncode == 2
+    assert "does not fit this config" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_eval_rejects_missing_truncated_and_foreign_checkpoints(trained, tmp_path, content):
+    path = tmp_path / "bad.ckpt"
+    if content is not None:
+        path.write_bytes(content)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgkit", "eval", "--checkpoint", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "checkpoint error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_rejects_a_truncated_real_checkpoint(trained, tmp_path):
+    data = (trained["work"] / "run/checkpoints/last.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgkit", "eval", "--checkpoint", str(tmp_path / "cut.ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
