@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from pgkit.algorithms.a2c import A2C, A2CConfig
 from pgkit.algorithms.ppo import PPO, PPOConfig
 from pgkit.distributions import DistributionName, LogStdMode, allowed_distributions, make_head
 from pgkit.environments import check_env_id, flat_dim
@@ -23,9 +24,9 @@ from pgkit.networks import Activation, ActorCritic, mlp, output_width
 _MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 #: Algorithm name -> (config class, LightningModule class). Adding an algorithm means adding a line here.
-ALGORITHMS: dict[str, tuple[type[BaseModel], type]] = {"ppo": (PPOConfig, PPO)}
+ALGORITHMS: dict[str, tuple[type[BaseModel], type]] = {"ppo": (PPOConfig, PPO), "a2c": (A2CConfig, A2C)}
 
-AlgorithmConfig = Annotated[PPOConfig, Field(discriminator="name")]
+AlgorithmConfig = Annotated[PPOConfig | A2CConfig, Field(discriminator="name")]
 
 
 class EnvConfig(BaseModel):

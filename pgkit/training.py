@@ -114,7 +114,8 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         devices=cfg.trainer.devices,
         logger=logger if logger is not None else False,
         callbacks=callbacks,
-        gradient_clip_val=cfg.algorithm.max_grad_norm,
+        # Manual-optimisation algorithms (TRPO) clip their own gradients; Lightning refuses the option for them.
+        gradient_clip_val=cfg.algorithm.max_grad_norm if module.automatic_optimization else None,
         gradient_clip_algorithm="norm",
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -29,3 +29,10 @@ def test_ppo_inverted_pendulum_improves():
     last20 = float(np.mean(result.episode_returns[-20:]))
     assert first20 < 60, f"the first episodes should be near random, got {first20:.1f}"
     assert last20 >= 200, f"mean return of the last 20 episodes {last20:.1f} < 200"
+
+
+def test_a2c_cartpole_reaches_195():
+    # configs/a2c-cartpole.yaml as shipped: 200k steps, 5000 RMSprop updates, about 30 s.
+    result = fit(load_config(CONFIGS / "a2c-cartpole.yaml", QUIET))
+    last20 = float(np.mean(result.episode_returns[-20:]))
+    assert last20 >= 195, f"mean return of the last 20 episodes {last20:.1f} < 195"

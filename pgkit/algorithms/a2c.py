@@ -1,0 +1,79 @@
+"""Advantage Actor-Critic (Mnih et al. 2016, synchronous), with Stable-Baselines3's defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from tensordict import TensorDict
+from torch import Tensor
+
+from pgkit.algorithms.base import OnPolicyModule
+from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.ops import normalize
+
+
+def a2c_loss(
+    log_prob: Tensor, advantage: Tensor, value: Tensor, value_target: Tensor, entropy: Tensor
+) -> dict[str, Tensor]:
+    """``loss_policy = -mean(A log pi)``, ``loss_value = mean((V - target)^2)`` (no 1/2, as SB3),
+    ``loss_entropy = -mean(entropy)``."""
+    return {
+        "loss_policy": -(advantage * log_prob).mean(),
+        "loss_value": (value - value_target).pow(2).mean(),
+        "loss_entropy": -entropy.mean(),
+    }
+
+
+class A2CConfig(AlgorithmConfigBase):
+    """A2C hyperparameters; the defaults are SB3's: one RMSprop step per 5-step rollout, n-step returns."""
+
+    name: Literal["a2c"] = "a2c"
+    """Algorithm selector."""
+    learning_rate: float = Field(7e-4, gt=0, le=10)
+    """RMSprop learning rate."""
+    anneal_lr: bool = False
+    """Anneal the learning rate linearly to 0 (SB3's default is a constant rate)."""
+    num_steps: int = Field(5, ge=1, le=1_000_000)
+    """Environment steps per sub-env per update."""
+    gae_lambda: float = Field(1.0, ge=0, le=1)
+    """1.0 gives n-step returns (through the same GAE op); lower values give GAE."""
+    ent_coef: float = Field(0.0, ge=0)
+    """Weight of the entropy bonus."""
+    vf_coef: float = Field(0.5, ge=0)
+    """Weight of the value loss."""
+    normalize_advantage: bool = False
+    """Normalise advantages over the batch."""
+    rms_prop_alpha: float = Field(0.99, gt=0, lt=1)
+    """RMSprop smoothing constant."""
+    rms_prop_eps: float = Field(1e-5, gt=0)
+    """RMSprop epsilon."""
+
+
+class A2C(OnPolicyModule):
+    """A2C: one gradient step on the whole rollout per iteration."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        self.algo: A2CConfig = self.cfg.algorithm
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        a = self.algo
+        return torch.optim.RMSprop(
+            self.policy.parameters(), lr=a.learning_rate, alpha=a.rms_prop_alpha, eps=a.rms_prop_eps
+        )
+
+    def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
+        a = self.algo
+        dist, value = self.policy(batch["obs"])
+        advantage = normalize(batch["advantage"]) if a.normalize_advantage else batch["advantage"]
+        entropy = dist.entropy()
+        terms = a2c_loss(dist.log_prob(batch["action"]), advantage, value, batch["return"], entropy)
+        loss = terms["loss_policy"] + a.vf_coef * terms["loss_value"] + a.ent_coef * terms["loss_entropy"]
+        return {
+            "loss": loss,
+            "policy_loss": terms["loss_policy"],
+            "value_loss": terms["loss_value"],
+            "entropy": entropy.mean().detach(),
+        }
