@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 
 from pgkit.algorithms.a2c import A2C, A2CConfig
 from pgkit.algorithms.ppo import PPO, PPOConfig
+from pgkit.algorithms.trpo import TRPO, TRPOConfig
 from pgkit.distributions import DistributionName, LogStdMode, allowed_distributions, make_head
 from pgkit.environments import check_env_id, flat_dim
 from pgkit.environments.actions import ActionBounds
@@ -24,9 +25,13 @@ from pgkit.networks import Activation, ActorCritic, mlp, output_width
 _MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 #: Algorithm name -> (config class, LightningModule class). Adding an algorithm means adding a line here.
-ALGORITHMS: dict[str, tuple[type[BaseModel], type]] = {"ppo": (PPOConfig, PPO), "a2c": (A2CConfig, A2C)}
+ALGORITHMS: dict[str, tuple[type[BaseModel], type]] = {
+    "ppo": (PPOConfig, PPO),
+    "a2c": (A2CConfig, A2C),
+    "trpo": (TRPOConfig, TRPO),
+}
 
-AlgorithmConfig = Annotated[PPOConfig | A2CConfig, Field(discriminator="name")]
+AlgorithmConfig = Annotated[PPOConfig | A2CConfig | TRPOConfig, Field(discriminator="name")]
 
 
 class EnvConfig(BaseModel):
@@ -216,6 +221,7 @@ class ExperimentConfig(BaseModel):
                 f"trainer.total_timesteps: must be at least one iteration, num_steps * env.num_envs = {batch} "
                 f"(got {self.trainer.total_timesteps})"
             )
+        algo.check_experiment(self)
         if self.trainer.output_dir is None:
             object.__setattr__(self.trainer, "output_dir", f"runs/{self.default_run_name}")
         return self

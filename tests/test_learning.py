@@ -36,3 +36,27 @@ def test_a2c_cartpole_reaches_195():
     result = fit(load_config(CONFIGS / "a2c-cartpole.yaml", QUIET))
     last20 = float(np.mean(result.episode_returns[-20:]))
     assert last20 >= 195, f"mean return of the last 20 episodes {last20:.1f} < 195"
+
+
+def test_trpo_cartpole_reaches_400():
+    # sb3-contrib defaults, 4 envs x 512 steps, 100k steps, about 20 s.
+    overrides = [
+        "env.id=CartPole-v1",
+        "env.num_envs=4",
+        "env.normalize_obs=false",
+        "env.normalize_reward=false",
+        "algorithm.num_steps=512",
+        "trainer.total_timesteps=100000",
+        *QUIET,
+    ]
+    result = fit(load_config(None, overrides, base={"algorithm": {"name": "trpo"}}))
+    last20 = float(np.mean(result.episode_returns[-20:]))
+    assert last20 >= 400, f"mean return of the last 20 episodes {last20:.1f} < 400"
+
+
+def test_trpo_inverted_pendulum_improves():
+    # sb3-contrib defaults with 1024-step rollouts, 30 iterations; a random policy scores about 5-30.
+    overrides = ["env.id=InvertedPendulum-v5", "algorithm.num_steps=1024", "trainer.total_timesteps=30720", *QUIET]
+    result = fit(load_config(None, overrides, base={"algorithm": {"name": "trpo"}}))
+    first20, last20 = (float(np.mean(x)) for x in (result.episode_returns[:20], result.episode_returns[-20:]))
+    assert first20 < 60 and last20 >= 200, f"first 20 episodes {first20:.1f}, last 20 {last20:.1f}"

@@ -221,7 +221,7 @@ class OnPolicyModule(L.LightningModule):
         for key, value in terms.items():
             if value is None:
                 continue
-            value = value.detach().float()
+            value = value.detach().float().to(self.device)
             self._sums[key] = self._sums[key] + value if key in self._sums else value
         self._count += 1
 

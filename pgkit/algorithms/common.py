@@ -22,3 +22,6 @@ class AlgorithmConfigBase(BaseModel):
     """GAE lambda (1.0 gives Monte-Carlo / n-step returns)."""
     max_grad_norm: float | None = Field(0.5, gt=0)
     """Clip the global gradient norm to this value (Lightning's ``gradient_clip_val``); null disables it."""
+
+    def check_experiment(self, experiment) -> None:
+        """Raise ``ValueError("<dotted field>: <problem> (got <value>)")`` for settings this algorithm cannot run."""
