@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 
 from pgkit.algorithms.a2c import A2C, A2CConfig
 from pgkit.algorithms.ppo import PPO, PPOConfig
+from pgkit.algorithms.reinforce import Reinforce, ReinforceConfig
 from pgkit.algorithms.trpo import TRPO, TRPOConfig
 from pgkit.distributions import DistributionName, LogStdMode, allowed_distributions, make_head
 from pgkit.environments import check_env_id, flat_dim
@@ -29,9 +30,10 @@ ALGORITHMS: dict[str, tuple[type[BaseModel], type]] = {
     "ppo": (PPOConfig, PPO),
     "a2c": (A2CConfig, A2C),
     "trpo": (TRPOConfig, TRPO),
+    "reinforce": (ReinforceConfig, Reinforce),
 }
 
-AlgorithmConfig = Annotated[PPOConfig | A2CConfig | TRPOConfig, Field(discriminator="name")]
+AlgorithmConfig = Annotated[PPOConfig | A2CConfig | TRPOConfig | ReinforceConfig, Field(discriminator="name")]
 
 
 class EnvConfig(BaseModel):

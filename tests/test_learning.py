@@ -60,3 +60,10 @@ def test_trpo_inverted_pendulum_improves():
     result = fit(load_config(None, overrides, base={"algorithm": {"name": "trpo"}}))
     first20, last20 = (float(np.mean(x)) for x in (result.episode_returns[:20], result.episode_returns[-20:]))
     assert first20 < 60 and last20 >= 200, f"first 20 episodes {first20:.1f}, last 20 {last20:.1f}"
+
+
+def test_reinforce_cartpole_reaches_195():
+    # configs/reinforce-cartpole.yaml as shipped: value baseline, 125 updates of 1600 steps, about 15 s.
+    result = fit(load_config(CONFIGS / "reinforce-cartpole.yaml", QUIET))
+    last20 = float(np.mean(result.episode_returns[-20:]))
+    assert last20 >= 195, f"mean return of the last 20 episodes {last20:.1f} < 195"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
@@ -130,6 +131,7 @@ class OnPolicyModule(L.LightningModule):
                 "final_value": torch.zeros(T, N, **f32),
                 "advantage": torch.zeros(T, N, **f32),
                 "return": torch.zeros(T, N, **f32),
+                "mask": torch.ones(T, N, **f32),  # 1 where a step counts in the loss
             },
             batch_size=[T, N],
             device=dev,
@@ -174,14 +176,23 @@ class OnPolicyModule(L.LightningModule):
                 episodes += [(float(info["episode"]["r"][i]), int(info["episode"]["l"][i])) for i in ended]
             obs = torch.as_tensor(next_obs, dtype=torch.float32, device=dev)
         self._next_obs = obs
-        last_value = self.policy.value(self.obs_normalizer(obs))
-        next_value = torch.cat([val_b[1:], last_value.unsqueeze(0)])
-        next_value = torch.where(trunc_b, final_b, next_value)
+        self.compute_targets(b, self.policy.value(self.obs_normalizer(obs)))
+        return episodes
+
+    def compute_targets(self, b: TensorDict, last_value: Tensor) -> None:
+        """Fill ``b["advantage"]`` and ``b["return"]`` (and ``b["mask"]`` if some steps must not count).
+
+        The default is GAE: ``next_value`` is the next step's value inside an episode, the real final observation's
+        value at a truncation, and ``last_value`` (the value after the last step) at the end of the rollout.
+        """
+        next_value = torch.cat([b["value"][1:], last_value.unsqueeze(0)])
+        next_value = torch.where(b["truncated"], b["final_value"], next_value)
         algo = self.cfg.algorithm
-        advantage, ret = gae(rew_b, val_b, next_value, term_b, trunc_b, algo.gamma, algo.gae_lambda)
+        advantage, ret = gae(
+            b["reward"], b["value"], next_value, b["terminated"], b["truncated"], algo.gamma, algo.gae_lambda
+        )
         b["advantage"].copy_(advantage)
         b["return"].copy_(ret)
-        return episodes
 
     # ---------------------------------------------------------------------------------------------- lightning hooks
     def train_dataloader(self) -> DataLoader:
@@ -254,6 +265,23 @@ class OnPolicyModule(L.LightningModule):
         dist = self.policy.distribution(self.obs_normalizer(torch.as_tensor(obs, device=self.device)))
         raw = dist.mode() if deterministic else dist.sample()
         return self.action_adapter(dist, raw).cpu().numpy()
+
+    def regress_value(
+        self, optimizer: Any, obs: Tensor, targets: Tensor, epochs: int, batch_size: int, max_grad_norm: float | None
+    ) -> Tensor:
+        """Fit the critic to ``targets`` with its own optimizer: ``epochs`` passes of minibatch MSE (manual
+        optimisation). Returns the mean loss."""
+        total, count = torch.zeros((), device=obs.device), 0
+        for _ in range(epochs):
+            for idx in torch.randperm(obs.shape[0], device=obs.device).split(batch_size):
+                loss = F.mse_loss(self.policy.value(obs[idx]), targets[idx])
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                if max_grad_norm is not None:
+                    self.clip_gradients(optimizer, max_grad_norm, "norm")
+                optimizer.step()
+                total, count = total + loss.detach(), count + 1
+        return total / count
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The MLflow run id lets a resumed run continue the same run instead of starting a new curve at step 0.

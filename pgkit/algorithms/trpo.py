@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
@@ -186,23 +185,10 @@ class TRPO(OnPolicyModule):
             a.line_search_shrinking_factor,
             a.line_search_max_iter,
         )
-        terms["value_loss"] = self.fit_critic(obs, batch["return"])
+        terms["value_loss"] = self.regress_value(
+            self.optimizers(), obs, batch["return"], a.n_critic_updates, a.critic_batch_size, a.max_grad_norm
+        )
         with torch.no_grad():
             terms["entropy"] = self.policy.distribution(obs).entropy().mean()
         terms["loss"] = None  # the steps are taken above
         return terms
-
-    def fit_critic(self, obs: Tensor, returns: Tensor) -> Tensor:
-        """``n_critic_updates`` epochs of minibatch MSE regression; returns the mean loss."""
-        optimizer = self.optimizers()
-        total, count = torch.zeros((), device=obs.device), 0
-        for _ in range(self.algo.n_critic_updates):
-            for idx in torch.randperm(obs.shape[0], device=obs.device).split(self.algo.critic_batch_size):
-                loss = F.mse_loss(self.policy.value(obs[idx]), returns[idx])
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                if self.algo.max_grad_norm is not None:
-                    self.clip_gradients(optimizer, self.algo.max_grad_norm, "norm")
-                optimizer.step()
-                total, count = total + loss.detach(), count + 1
-        return total / count

@@ -1,0 +1,164 @@
+"""REINFORCE (Williams 1992): Monte-Carlo policy gradient with an optional baseline."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from tensordict import TensorDict
+from torch import Tensor
+
+from pgkit.algorithms.base import OnPolicyModule
+from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.ops import gae
+
+
+def reward_to_go(
+    reward: Tensor, terminated: Tensor, truncated: Tensor, bootstrap_value: Tensor, gamma: float
+) -> Tensor:
+    """Discounted Monte-Carlo returns ``G_t = sum_k gamma^k r_{t+k}`` to each episode's end, ``[T, N]``.
+
+    ``bootstrap_value[t]`` is added (discounted) after step ``t`` where an episode is cut without terminating (a
+    truncation, or the end of the rollout); it is zero wherever no estimate should be used. This is GAE with
+    ``lambda = 1`` and a zero value function, so it runs through the one GAE implementation.
+    """
+    zeros = torch.zeros_like(reward)
+    returns, _ = gae(reward, zeros, bootstrap_value, terminated, truncated, gamma, 1.0)
+    return returns
+
+
+def complete_episode_mask(done: Tensor) -> Tensor:
+    """1 for steps whose episode ends inside the rollout, 0 for the unfinished tail of each env, ``[T, N]``."""
+    ends_later = done.flip(0).cumsum(0).flip(0) > 0
+    return ends_later.float()
+
+
+def reinforce_loss(log_prob: Tensor, weight: Tensor, mask: Tensor, entropy: Tensor) -> dict[str, Tensor]:
+    """``loss_policy = -sum(mask * weight * log pi) / sum(mask)``; ``loss_entropy = -masked mean(entropy)``."""
+    n = mask.sum().clamp_min(1.0)
+    return {"loss_policy": -(mask * weight * log_prob).sum() / n, "loss_entropy": -(mask * entropy).sum() / n}
+
+
+class ReinforceConfig(AlgorithmConfigBase):
+    """REINFORCE hyperparameters."""
+
+    name: Literal["reinforce"] = "reinforce"
+    """Algorithm selector."""
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    """Adam learning rate of the policy (and of the value function when trained jointly)."""
+    anneal_lr: bool = False
+    """Anneal the learning rates linearly to 0."""
+    num_steps: int = Field(1000, ge=1, le=1_000_000)
+    """Steps per sub-env per batch. Episodes that have not ended by the end of the batch are handled by
+    ``partial_episodes``; the env keeps running, so their remainder counts in the next batch."""
+    gae_lambda: float = Field(1.0, ge=1.0, le=1.0)
+    """Fixed at 1: REINFORCE uses Monte-Carlo returns."""
+    baseline: Literal["none", "mean", "value"] = "value"
+    """Subtracted from the returns: nothing, the batch mean, or a learned state-value function."""
+    value_training: Literal["separate", "joint"] = "separate"
+    """With ``baseline: value``: fit the critic with its own optimizer after the policy step, or add
+    ``vf_coef * MSE`` to the policy's loss and take one step on both."""
+    value_learning_rate: float = Field(1e-3, gt=0, le=10)
+    """Adam learning rate of the separately trained critic."""
+    value_epochs: int = Field(5, ge=1, le=1000)
+    """Epochs of minibatch regression of the separately trained critic per batch."""
+    value_batch_size: int = Field(256, ge=1)
+    """Minibatch size of that regression."""
+    vf_coef: float = Field(0.5, ge=0)
+    """Weight of the value loss when trained jointly."""
+    ent_coef: float = Field(0.0, ge=0)
+    """Weight of the entropy bonus."""
+    normalize_returns: bool = True
+    """Scale the policy-gradient weights (returns minus baseline) to zero mean and unit std over the batch."""
+    partial_episodes: Literal["drop", "bootstrap"] = "drop"
+    """Steps of episodes unfinished at the end of the batch: ``drop`` leaves them out of the loss (pure Monte
+    Carlo); ``bootstrap`` completes their return with the learned value (needs ``baseline: value``)."""
+
+    def check_experiment(self, experiment) -> None:
+        if self.partial_episodes == "bootstrap" and self.baseline != "value":
+            raise ValueError(
+                f"algorithm.partial_episodes: 'bootstrap' needs baseline: value (got baseline {self.baseline!r})"
+            )
+        if self.baseline == "value" and self.value_training == "separate" and experiment.policy.shared_trunk:
+            raise ValueError(
+                "policy.shared_trunk: a separately trained critic cannot share the actor's trunk; use "
+                "algorithm.value_training: joint (got True)"
+            )
+
+
+class Reinforce(OnPolicyModule):
+    """REINFORCE: one policy-gradient step per batch of complete-episode returns."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        self.algo: ReinforceConfig = self.cfg.algorithm
+        self.automatic_optimization = False
+        self.learned_value = self.algo.baseline == "value"
+        self.separate_critic = self.learned_value and self.algo.value_training == "separate"
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        a = self.algo
+        if not self.separate_critic:
+            params = self.policy.parameters() if self.learned_value else self.policy.actor_parameters()
+            return [torch.optim.Adam(params, lr=a.learning_rate)]
+        return [
+            torch.optim.Adam(self.policy.actor_parameters(), lr=a.learning_rate),
+            torch.optim.Adam(self.policy.critic_parameters(), lr=a.value_learning_rate),
+        ]
+
+    def compute_targets(self, b: TensorDict, last_value: Tensor) -> None:
+        done = b["terminated"] | b["truncated"]
+        bootstrap = torch.zeros_like(b["reward"])
+        if self.learned_value:  # a time limit is not the end of the task: complete the return with V
+            bootstrap = torch.where(b["truncated"], b["final_value"], bootstrap)
+        if self.algo.partial_episodes == "bootstrap":
+            bootstrap[-1] = torch.where(done[-1], bootstrap[-1], last_value)
+            b["mask"].fill_(1.0)
+        else:
+            b["mask"].copy_(complete_episode_mask(done))
+        returns = reward_to_go(b["reward"], b["terminated"], b["truncated"], bootstrap, self.algo.gamma)
+        b["return"].copy_(returns)
+        b["advantage"].copy_(returns - b["value"] if self.learned_value else returns)
+
+    def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
+        a, mask = self.algo, batch["mask"]
+        n = mask.sum().clamp_min(1.0)
+        weight = batch["advantage"]
+        if a.baseline == "mean":
+            weight = weight - (mask * weight).sum() / n
+        if a.normalize_returns:
+            mean = (mask * weight).sum() / n
+            std = ((mask * (weight - mean).pow(2)).sum() / n).sqrt()
+            weight = (weight - mean) / (std + 1e-8)
+        dist, value = self.policy(batch["obs"])
+        entropy = dist.entropy()
+        terms = reinforce_loss(dist.log_prob(batch["action"]), weight, mask, entropy)
+        value_loss = (mask * (value - batch["return"]).pow(2)).sum() / n
+        loss = terms["loss_policy"] + a.ent_coef * terms["loss_entropy"]
+        if self.learned_value and not self.separate_critic:
+            loss = loss + a.vf_coef * value_loss
+        optimizers = self.optimizers()
+        policy_opt = optimizers[0] if isinstance(optimizers, list) else optimizers
+        policy_opt.zero_grad()
+        self.manual_backward(loss)
+        if a.max_grad_norm is not None:
+            self.clip_gradients(policy_opt, a.max_grad_norm, "norm")
+        policy_opt.step()
+        if self.separate_critic:
+            keep = mask.bool()
+            value_loss = self.regress_value(
+                optimizers[1],
+                batch["obs"][keep],
+                batch["return"][keep],
+                a.value_epochs,
+                a.value_batch_size,
+                a.max_grad_norm,
+            )
+        return {
+            "loss": None,  # steps taken above
+            "policy_loss": terms["loss_policy"],
+            "value_loss": value_loss if self.learned_value else None,
+            "entropy": -terms["loss_entropy"],
+            "complete_fraction": mask.mean(),
+        }
