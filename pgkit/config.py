@@ -17,6 +17,7 @@ from pgkit.algorithms.a2c import A2C, A2CConfig
 from pgkit.algorithms.ppo import PPO, PPOConfig
 from pgkit.algorithms.reinforce import Reinforce, ReinforceConfig
 from pgkit.algorithms.trpo import TRPO, TRPOConfig
+from pgkit.algorithms.vmpo import VMPO, VMPOConfig
 from pgkit.distributions import DistributionName, LogStdMode, allowed_distributions, make_head
 from pgkit.environments import check_env_id, flat_dim
 from pgkit.environments.actions import ActionBounds
@@ -31,9 +32,12 @@ ALGORITHMS: dict[str, tuple[type[BaseModel], type]] = {
     "a2c": (A2CConfig, A2C),
     "trpo": (TRPOConfig, TRPO),
     "reinforce": (ReinforceConfig, Reinforce),
+    "vmpo": (VMPOConfig, VMPO),
 }
 
-AlgorithmConfig = Annotated[PPOConfig | A2CConfig | TRPOConfig | ReinforceConfig, Field(discriminator="name")]
+AlgorithmConfig = Annotated[
+    PPOConfig | A2CConfig | TRPOConfig | ReinforceConfig | VMPOConfig, Field(discriminator="name")
+]
 
 
 class EnvConfig(BaseModel):

@@ -29,6 +29,7 @@ from pgkit.checkpoints import checkpoint_metadata
 from pgkit.environments import ObservationNormalizer, RewardScaler, flat_dim, make_env, make_vec_env, seed_list
 from pgkit.environments.actions import ActionAdapter
 from pgkit.evaluation import EVAL_SEED_OFFSET, EvalResult, evaluate
+from pgkit.networks import ActorCritic
 from pgkit.ops import explained_variance, gae
 
 if TYPE_CHECKING:
@@ -147,17 +148,23 @@ class OnPolicyModule(L.LightningModule):
         with torch.inference_mode():
             return self._collect(self.buffer)
 
+    @property
+    def acting_policy(self) -> ActorCritic:
+        """The network that acts and estimates values during rollouts (V-MPO overrides it with its target)."""
+        return self.policy
+
     def _collect(self, b: TensorDict) -> list[tuple[float, int]]:
         obs_b, act_b, logp_b, rew_b = b["obs"], b["action"], b["log_prob"], b["reward"]
         term_b, trunc_b, val_b, final_b = b["terminated"], b["truncated"], b["value"], b["final_value"]
         final_b.zero_()
         dev = self.device
         obs = self._next_obs.to(dev)
+        actor = self.acting_policy
         episodes: list[tuple[float, int]] = []
         for t in range(self.cfg.algorithm.num_steps):
             self.obs_normalizer.update(obs)
             norm_obs = self.obs_normalizer(obs)
-            dist, value = self.policy(norm_obs)
+            dist, value = actor(norm_obs)
             raw = dist.sample()
             obs_b[t], act_b[t], logp_b[t], val_b[t] = norm_obs, raw, dist.log_prob(raw), value
             env_action = self.action_adapter(dist, raw).cpu().numpy()
@@ -170,13 +177,13 @@ class OnPolicyModule(L.LightningModule):
             bootstrap = np.flatnonzero(truncated & ~terminated)
             if bootstrap.size:  # value of the real final observation, not of the auto-reset one
                 final_obs = torch.as_tensor(np.stack(info["final_obs"][bootstrap]), dtype=torch.float32, device=dev)
-                final_b[t, torch.as_tensor(bootstrap, device=dev)] = self.policy.value(self.obs_normalizer(final_obs))
+                final_b[t, torch.as_tensor(bootstrap, device=dev)] = actor.value(self.obs_normalizer(final_obs))
             if "episode" in info:
                 ended = np.flatnonzero(info["_episode"])
                 episodes += [(float(info["episode"]["r"][i]), int(info["episode"]["l"][i])) for i in ended]
             obs = torch.as_tensor(next_obs, dtype=torch.float32, device=dev)
         self._next_obs = obs
-        self.compute_targets(b, self.policy.value(self.obs_normalizer(obs)))
+        self.compute_targets(b, actor.value(self.obs_normalizer(obs)))
         return episodes
 
     def compute_targets(self, b: TensorDict, last_value: Tensor) -> None:
