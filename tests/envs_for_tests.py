@@ -48,3 +48,28 @@ class CrashingEnv(CounterEnv):
         if CrashingEnv.steps_taken > 40:
             raise RuntimeError("simulated simulator crash")
         return super().step(action)
+
+
+class MultiDiscreteEnv(gym.Env):
+    """MultiDiscrete([3, 2]) actions; reward 1 for each component matching the observation's hint; 20-step episodes."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(0.0, 2.0, (2,), np.float32)
+        self.action_space = gym.spaces.MultiDiscrete([3, 2])
+        self.t = 0
+        self.hint = np.zeros(2, np.int64)
+
+    def _obs(self):
+        return self.hint.astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.hint = np.array([self.np_random.integers(3), self.np_random.integers(2)])
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        reward = float(np.sum(np.asarray(action) == self.hint))
+        self.hint = np.array([self.np_random.integers(3), self.np_random.integers(2)])
+        return self._obs(), reward, False, self.t >= 20, {}

@@ -41,3 +41,35 @@ def test_fit_eval_resume_through_the_cli(tmp_path, capsys, name, env_id):
     assert json.loads(capsys.readouterr().out)["episodes"] == 2
     assert main(["fit", "--config", "c.yaml", "--set", f"trainer.total_timesteps={4 * batch}", "--resume", last]) == 0
     assert int(torch.load(last, weights_only=True)["state_dict"]["env_steps"]) == 4 * batch
+
+
+CASES = [
+    ("Pendulum-v1", "normal"),
+    ("Pendulum-v1", "tanh_normal"),
+    ("CartPole-v1", "categorical"),
+    ("envs_for_tests:MultiDiscreteEnv", "multi_categorical"),
+]
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize(("env_id", "distribution"), CASES)
+def test_every_algorithm_runs_every_distribution(name, env_id, distribution):
+    from pgkit.config_loading import load_config
+    from pgkit.training import fit
+
+    overrides = [
+        f"env.id={env_id}",
+        "env.num_envs=2",
+        f"policy.distribution={distribution}",
+        "algorithm.num_steps=40",
+        "trainer.total_timesteps=160",
+        "logger.enabled=false",
+        "eval.every_n_iterations=2",
+        "eval.episodes=2",
+    ]
+    if name in ("ppo", "vmpo"):
+        overrides.append("algorithm.num_minibatches=4")
+    result = fit(load_config(None, overrides, base={"algorithm": {"name": name}}))
+    assert result.env_steps == 160
+    state = torch.load(result.last_checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for k, v in state.items() if v.is_floating_point()), "non-finite weights"
