@@ -50,22 +50,26 @@ class EnvStepProgressBar(ProgressBar):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: OnPolicyModule) -> None:
         if self.bar is not None:
-            self.refresh(pl_module)
+            self.refresh(pl_module, force=True)
             self.bar.close()
             self.bar = None
 
-    def refresh(self, pl_module: OnPolicyModule) -> None:
-        """Show the module's current step count, recent return, SPS and last evaluation."""
+    def refresh(self, pl_module: OnPolicyModule, force: bool = False) -> None:
+        """Show the module's current step count, recent return, SPS and last evaluation.
+
+        ``update`` respects tqdm's ``mininterval``, so iterations of a few steps (A2C) do not redraw every time.
+        """
         if self.bar is None:
             return
-        self.bar.n = int(pl_module.env_steps)
         postfix = {"sps": f"{pl_module.rollout_metrics.get('time/sps', 0.0):.0f}"}
         if pl_module.episode_returns:
             postfix["return"] = f"{np.mean(pl_module.episode_returns[-100:]):.1f}"
         if "eval/mean_return" in pl_module.last_metrics:
             postfix["eval"] = f"{pl_module.last_metrics['eval/mean_return']:.1f}"
         self.bar.set_postfix(postfix, refresh=False)
-        self.bar.refresh()
+        self.bar.update(int(pl_module.env_steps) - self.bar.n)
+        if force:
+            self.bar.refresh()
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
