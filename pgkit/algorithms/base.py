@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from pgkit.checkpoints import checkpoint_metadata
-from pgkit.environments import ObservationNormalizer, RewardScaler, flat_dim, make_env, make_vec_env, seed_list
+from pgkit.environments import ObservationNormalizer, RewardScaler, flat_dim, make_vec_env, seed_list
 from pgkit.environments.actions import ActionAdapter
 from pgkit.evaluation import EVAL_SEED_OFFSET, EvalResult, evaluate
 from pgkit.networks import ActorCritic
@@ -69,7 +69,7 @@ class OnPolicyModule(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.cfg: ExperimentConfig = ExperimentConfig.model_validate(config)
         env_cfg, algo = self.cfg.env, self.cfg.algorithm
-        probe = make_env(env_cfg.id, env_cfg.kwargs, env_cfg.max_episode_steps)
+        probe = env_cfg.make_probe()
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
 
