@@ -32,7 +32,7 @@ class EnvStepProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: OnPolicyModule) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
-        total = pl_module.num_iterations * pl_module.batch_size * trainer.world_size
+        total = pl_module.step_budget
         self.bar = tqdm(
             total=total,
             initial=int(pl_module.env_steps),
@@ -151,5 +151,5 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         iteration = trainer.current_epoch + 1
-        if iteration % self.every == 0 or iteration >= (trainer.max_epochs or 0):
+        if iteration % self.every == 0 or trainer.should_stop or iteration >= (trainer.max_epochs or 0):
             trainer.save_checkpoint(self.path, weights_only=False)

@@ -109,7 +109,7 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         )
 
     trainer = L.Trainer(
-        max_epochs=cfg.num_iterations,
+        max_epochs=module.max_iterations,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         logger=logger if logger is not None else False,

@@ -64,3 +64,36 @@ def test_bootstrap_needs_a_value_baseline():
             ["algorithm.partial_episodes=bootstrap", "algorithm.baseline=mean"],
             base={"algorithm": {"name": "reinforce"}, "env": {"id": "CartPole-v1"}},
         )
+
+
+def test_first_episode_mask_by_hand():
+    from pgkit.algorithms.reinforce import first_episode_mask
+
+    # env 0 ends at t=1 and again at t=3; env 1 ends at t=2; env 2 never ends (too long: dropped).
+    done = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]]).bool()
+    mask = first_episode_mask(done, length=6)
+    assert mask.T.tolist() == [[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]]
+
+
+def test_episode_batches_hold_one_complete_episode_per_env_and_stop_early():
+    overrides = [
+        "env.id=envs_for_tests:TerminatingCounterEnv",
+        "env.num_envs=2",
+        "env.normalize_obs=false",
+        "env.normalize_reward=false",
+        "algorithm.num_steps=10",
+        "algorithm.batch=episodes",
+        f"algorithm.gamma={GAMMA}",
+        "algorithm.baseline=none",
+        "trainer.total_timesteps=20",
+    ]
+    module = load_config(None, overrides, base={"algorithm": {"name": "reinforce"}}).init()
+    module.setup("fit")
+    for _ in range(2):  # the second batch restarts the episodes
+        module.collect_rollout()
+        b = module.buffer
+        assert module.steps_taken == 3
+        assert b["obs"][:3, :, 0].T.tolist() == [[0, 1, 2], [0, 1, 2]]
+        assert b["mask"].T.tolist() == [[1, 1, 1] + [0] * 7] * 2
+        torch.testing.assert_close(b["return"][:3, 0], torch.tensor([1 + GAMMA + GAMMA**2, 1 + GAMMA, 1.0]))
+    module.teardown("fit")

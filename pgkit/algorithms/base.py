@@ -95,6 +95,7 @@ class OnPolicyModule(L.LightningModule):
         self._fit_start_steps = 0
         self.rollout_metrics: dict[str, float] = {}
         self.flat: TensorDict | None = None
+        self.steps_taken = self.cfg.algorithm.num_steps  # rows of the buffer the last rollout filled
 
     # ----------------------------------------------------------------------------------------------- environments
     def setup(self, stage: str) -> None:
@@ -153,15 +154,25 @@ class OnPolicyModule(L.LightningModule):
         """The network that acts and estimates values during rollouts (V-MPO overrides it with its target)."""
         return self.policy
 
+    def begin_rollout(self) -> None:
+        """Called before each rollout (REINFORCE's episode batches reset the envs here)."""
+
+    def rollout_finished(self, ended: np.ndarray) -> bool:
+        """Whether to stop the rollout early; ``ended[i]`` says sub-env ``i`` has ended an episode in it."""
+        return False
+
     def _collect(self, b: TensorDict) -> list[tuple[float, int]]:
         obs_b, act_b, logp_b, rew_b = b["obs"], b["action"], b["log_prob"], b["reward"]
         term_b, trunc_b, val_b, final_b = b["terminated"], b["truncated"], b["value"], b["final_value"]
         final_b.zero_()
         dev = self.device
+        self.begin_rollout()
         obs = self._next_obs.to(dev)
         actor = self.acting_policy
         episodes: list[tuple[float, int]] = []
-        for t in range(self.cfg.algorithm.num_steps):
+        any_end = np.zeros(self.num_envs, dtype=bool)
+        self.steps_taken = T = self.cfg.algorithm.num_steps
+        for t in range(T):
             self.obs_normalizer.update(obs)
             norm_obs = self.obs_normalizer(obs)
             dist, value = actor(norm_obs)
@@ -179,9 +190,16 @@ class OnPolicyModule(L.LightningModule):
                 final_obs = torch.as_tensor(np.stack(info["final_obs"][bootstrap]), dtype=torch.float32, device=dev)
                 final_b[t, torch.as_tensor(bootstrap, device=dev)] = actor.value(self.obs_normalizer(final_obs))
             if "episode" in info:
-                ended = np.flatnonzero(info["_episode"])
-                episodes += [(float(info["episode"]["r"][i]), int(info["episode"]["l"][i])) for i in ended]
+                finished = np.flatnonzero(info["_episode"])
+                episodes += [(float(info["episode"]["r"][i]), int(info["episode"]["l"][i])) for i in finished]
             obs = torch.as_tensor(next_obs, dtype=torch.float32, device=dev)
+            any_end |= terminated | truncated
+            if t + 1 < T and self.rollout_finished(any_end):
+                self.steps_taken = t + 1
+                # Unused rows end every trace and carry nothing, so no stale data reaches the steps before them.
+                for key, fill in (("reward", 0.0), ("value", 0.0), ("terminated", True), ("truncated", False)):
+                    b[key][t + 1 :] = fill
+                break
         self._next_obs = obs
         self.compute_targets(b, actor.value(self.obs_normalizer(obs)))
         return episodes
@@ -215,7 +233,7 @@ class OnPolicyModule(L.LightningModule):
         self._sums, self._count = {}, 0
         self.anneal_learning_rates()
         episodes = self.collect_rollout()
-        self.env_steps += self.batch_size * self.trainer.world_size
+        self.env_steps += self.steps_taken * self.num_envs * self.trainer.world_size
         steps = int(self.env_steps)
         self.episode_returns.extend(r for r, _ in episodes)
         b = self.buffer
@@ -250,8 +268,11 @@ class OnPolicyModule(L.LightningModule):
             values = torch.stack([self._sums[k] for k in keys]).div(self._count).tolist()
             metrics.update({f"train/{k}": v for k, v in zip(keys, values, strict=True) if k != "loss"})
         iteration = self.current_epoch + 1
+        last = int(self.env_steps) >= self.step_budget
+        if last:  # the budget is in env steps; rollouts that stop early (episode batches) need more iterations
+            self.trainer.should_stop = True
         every = self.cfg.eval.every_n_iterations
-        if every and (iteration % every == 0 or iteration == self.num_iterations):
+        if every and (iteration % every == 0 or last):
             result = self.run_evaluation()
             metrics["eval/mean_return"], metrics["eval/std_return"] = result.mean_return, result.std_return
             # Visible to ModelCheckpoint(monitor="eval/mean_return") for best-checkpoint selection.
@@ -301,15 +322,29 @@ class OnPolicyModule(L.LightningModule):
         A ``None`` loss skips the optimizer step for this minibatch."""
         raise NotImplementedError
 
-    def anneal_learning_rates(self) -> None:
-        """Linear annealing as in CleanRL: each param group's lr is its initial lr times ``1 - i / num_iterations``
-        for iteration ``i`` (0-based).
+    @property
+    def step_budget(self) -> int:
+        """Env steps this run takes in all, over all ranks: ``num_iterations`` full batches."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return self.num_iterations * self.batch_size * world
 
-        Set directly rather than through an LR scheduler because it is a pure function of the iteration: a run
-        resumed with a larger ``total_timesteps`` continues on the new schedule at once, where a restored
-        ``LambdaLR`` would apply one stale step from the old one.
+    @property
+    def max_iterations(self) -> int:
+        """Upper bound on iterations for the Trainer. Full-size rollouts need exactly ``num_iterations``; a
+        subclass whose rollouts can stop early (REINFORCE's episode batches) raises it and the budget stops it."""
+        return self.num_iterations
+
+    def anneal_learning_rates(self) -> None:
+        """Linear annealing as in CleanRL: each param group's lr is its initial lr times the fraction of the step
+        budget still to go, ``1 - env_steps / step_budget`` (with full batches: ``1 - i / num_iterations`` at
+        iteration ``i``, 0-based, exactly CleanRL's schedule).
+
+        Set directly rather than through an LR scheduler because it is a pure function of progress: a run resumed
+        with a larger ``total_timesteps`` continues on the new schedule at once, where a restored ``LambdaLR``
+        would apply one stale step from the old one.
         """
-        fraction = 1.0 - self.current_epoch / self.num_iterations if self.cfg.algorithm.anneal_lr else 1.0
+        progress = int(self.env_steps) / self.step_budget
+        fraction = max(0.0, 1.0 - progress) if self.cfg.algorithm.anneal_lr else 1.0
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])  # saved with the optimizer state, so kept on resume

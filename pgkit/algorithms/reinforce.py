@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from tensordict import TensorDict
@@ -32,6 +33,15 @@ def complete_episode_mask(done: Tensor) -> Tensor:
     """1 for steps whose episode ends inside the rollout, 0 for the unfinished tail of each env, ``[T, N]``."""
     ends_later = done.flip(0).cumsum(0).flip(0) > 0
     return ends_later.float()
+
+
+def first_episode_mask(done: Tensor, length: int) -> Tensor:
+    """1 for each env's steps up to and including its first episode end, if it ends; padded with 0 to ``length``."""
+    before_first_end = (done.cumsum(0) - done.long()) == 0
+    ends = done.any(0, keepdim=True)
+    mask = torch.zeros(length, done.shape[1], device=done.device)
+    mask[: done.shape[0]] = (before_first_end & ends).float()
+    return mask
 
 
 def reinforce_loss(log_prob: Tensor, weight: Tensor, mask: Tensor, entropy: Tensor) -> dict[str, Tensor]:
@@ -71,6 +81,11 @@ class ReinforceConfig(AlgorithmConfigBase):
     """Weight of the entropy bonus."""
     normalize_returns: bool = True
     """Scale the policy-gradient weights (returns minus baseline) to zero mean and unit std over the batch."""
+    batch: Literal["steps", "episodes"] = "steps"
+    """``steps``: each batch is ``num_steps`` steps per sub-env, unfinished episodes handled by
+    ``partial_episodes``. ``episodes``: each batch restarts every sub-env and keeps exactly one complete episode
+    from each (the rollout stops once all have ended; ``num_steps`` caps an episode's length, and an episode that
+    does not end within it is dropped)."""
     partial_episodes: Literal["drop", "bootstrap"] = "drop"
     """Steps of episodes unfinished at the end of the batch: ``drop`` leaves them out of the loss (pure Monte
     Carlo); ``bootstrap`` completes their return with the learned value (needs ``baseline: value``)."""
@@ -107,12 +122,28 @@ class Reinforce(OnPolicyModule):
             torch.optim.Adam(self.policy.critic_parameters(), lr=a.value_learning_rate),
         ]
 
+    def begin_rollout(self) -> None:
+        if self.algo.batch == "episodes":  # every batch starts fresh episodes
+            obs, _ = self.envs.reset()
+            self._next_obs = torch.as_tensor(obs, dtype=torch.float32)
+            self.reward_scaler.returns.zero_()
+
+    @property
+    def max_iterations(self) -> int:
+        # An episode batch takes at least one step per sub-env; the step budget ends the run.
+        return self.step_budget // self.num_envs if self.algo.batch == "episodes" else self.num_iterations
+
+    def rollout_finished(self, ended: np.ndarray) -> bool:
+        return self.algo.batch == "episodes" and bool(ended.all())
+
     def compute_targets(self, b: TensorDict, last_value: Tensor) -> None:
         done = b["terminated"] | b["truncated"]
         bootstrap = torch.zeros_like(b["reward"])
         if self.learned_value:  # a time limit is not the end of the task: complete the return with V
             bootstrap = torch.where(b["truncated"], b["final_value"], bootstrap)
-        if self.algo.partial_episodes == "bootstrap":
+        if self.algo.batch == "episodes":
+            b["mask"].copy_(first_episode_mask(done[: self.steps_taken], done.shape[0]))
+        elif self.algo.partial_episodes == "bootstrap":
             bootstrap[-1] = torch.where(done[-1], bootstrap[-1], last_value)
             b["mask"].fill_(1.0)
         else:
