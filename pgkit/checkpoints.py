@@ -63,3 +63,16 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 def checkpoint_metadata(mlflow_run_id: str | None) -> dict[str, Any]:
     """The ``checkpoint["pgkit"]`` section written with every checkpoint."""
     return {"format": FORMAT_VERSION, "mlflow_run_id": mlflow_run_id}
+
+
+def load_weights(module: torch.nn.Module, loaded: LoadedCheckpoint) -> None:
+    """Load a checkpoint's weights into a module built from a config, as bad input (:class:`UserError`) if the
+    shapes or keys don't fit (a changed ``env.num_envs``, env or policy, or a foreign file)."""
+    try:
+        module.load_state_dict(loaded.state_dict)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(
+            f"checkpoint error: {loaded.path}: does not fit this config (did env.num_envs, the env or the policy "
+            f"change?): {detail}"
+        ) from None

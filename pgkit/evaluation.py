@@ -80,17 +80,13 @@ def restore_agent(checkpoint: str | Path, seed: int | None = None) -> tuple[Any,
 
     The default seed is the one training-time evaluation used, so ``pgkit eval`` reproduces its returns.
     """
-    from pgkit.checkpoints import load_checkpoint
+    from pgkit.checkpoints import load_checkpoint, load_weights
     from pgkit.config_loading import parse_config
 
     loaded = load_checkpoint(checkpoint)
     cfg = parse_config(loaded.config)
     module = cfg.init()
-    try:
-        module.load_state_dict(loaded.state_dict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"checkpoint error: {checkpoint}: weights do not match its config: {first}") from None
+    load_weights(module, loaded)
     module.eval()
     return module, cfg, cfg.trainer.seed + EVAL_SEED_OFFSET if seed is None else seed
 

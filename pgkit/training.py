@@ -13,9 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
 from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts
-from pgkit.checkpoints import LoadedCheckpoint, load_checkpoint
+from pgkit.checkpoints import load_checkpoint, load_weights
 from pgkit.config import ExperimentConfig
-from pgkit.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -46,18 +45,6 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", pattern)
 
 
-def check_resumable(module: L.LightningModule, loaded: LoadedCheckpoint) -> None:
-    """Fail as bad input, before training, when the config builds a module the checkpoint's weights don't fit."""
-    try:
-        module.load_state_dict(loaded.state_dict)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise UserError(
-            f"checkpoint error: {loaded.path}: does not fit this config (did env.num_envs, the env or the policy "
-            f"change?): {detail}"
-        ) from None
-
-
 def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | None:
     """The MLflow logger, continuing ``run_id`` when resuming."""
     if not cfg.logger.enabled:
@@ -83,8 +70,8 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     output_dir = Path(cfg.trainer.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     module = cfg.init()
-    if loaded is not None:
-        check_resumable(module, loaded)
+    if loaded is not None:  # fail as bad input before training, not deep inside Lightning's restore
+        load_weights(module, loaded)
     logger = make_logger(cfg, run_id)
     callbacks: list[L.Callback] = [
         EnvStepProgressBar(),
