@@ -162,12 +162,17 @@ class Reinforce(OnPolicyModule):
             mean = (mask * weight).sum() / n
             std = ((mask * (weight - mean).pow(2)).sum() / n).sqrt()
             weight = (weight - mean) / (std + 1e-8)
-        dist, value = self.policy(batch["obs"])
+        joint_critic = self.learned_value and not self.separate_critic
+        if joint_critic:
+            dist, value = self.policy(batch["obs"])
+        else:  # no critic in this loss: skip its forward pass
+            dist, value = self.policy.distribution(batch["obs"]), None
         entropy = dist.entropy()
         terms = reinforce_loss(dist.log_prob(batch["action"]), weight, mask, entropy)
-        value_loss = (mask * (value - batch["return"]).pow(2)).sum() / n
         loss = terms["loss_policy"] + a.ent_coef * terms["loss_entropy"]
-        if self.learned_value and not self.separate_critic:
+        value_loss = None
+        if joint_critic:
+            value_loss = (mask * (value - batch["return"]).pow(2)).sum() / n
             loss = loss + a.vf_coef * value_loss
         optimizers = self.optimizers()
         policy_opt = optimizers[0] if isinstance(optimizers, list) else optimizers
@@ -189,7 +194,7 @@ class Reinforce(OnPolicyModule):
         return {
             "loss": None,  # steps taken above
             "policy_loss": terms["loss_policy"],
-            "value_loss": value_loss if self.learned_value else None,
+            "value_loss": value_loss,
             "entropy": -terms["loss_entropy"],
             "complete_fraction": mask.mean(),
         }
