@@ -237,7 +237,8 @@ class OnPolicyModule(L.LightningModule):
         steps = int(self.env_steps)
         self.episode_returns.extend(r for r, _ in episodes)
         b = self.buffer
-        metrics = {"train/explained_variance": float(explained_variance(b["value"], b["return"]))}
+        counted = b["mask"].bool()  # steps that enter the loss (all, except in REINFORCE's masked batches)
+        metrics = {"train/explained_variance": float(explained_variance(b["value"][counted], b["return"][counted]))}
         metrics["train/learning_rate"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         if episodes:
             metrics["rollout/episode_return"] = float(np.mean([r for r, _ in episodes]))

@@ -41,7 +41,9 @@ def gae(
 
 
 def explained_variance(prediction: Tensor, target: Tensor) -> Tensor:
-    """``1 - Var[target - prediction] / Var[target]``; NaN when the target is constant."""
+    """``1 - Var[target - prediction] / Var[target]``; NaN when the target is constant or has under 2 elements."""
+    if target.numel() < 2:
+        return torch.tensor(torch.nan, device=target.device)
     var_target = target.var()
     return torch.where(var_target > 0, 1.0 - (target - prediction).var() / var_target, torch.nan)
 
