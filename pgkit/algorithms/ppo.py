@@ -11,7 +11,7 @@ from torch import Tensor
 
 from pgkit.algorithms.base import OnPolicyModule
 from pgkit.algorithms.common import AlgorithmConfigBase
-from pgkit.ops import normalize
+from pgkit.ops import clipped_surrogate, kl_k3, normalize
 
 
 def ppo_loss(
@@ -33,13 +33,13 @@ def ppo_loss(
     """
     log_ratio = log_prob - old_log_prob
     ratio = log_ratio.exp()
-    surrogate = torch.max(-advantage * ratio, -advantage * ratio.clamp(1.0 - clip_range, 1.0 + clip_range))
+    surrogate = -clipped_surrogate(ratio, advantage, clip_range, clip_range)
     value_error = (value - value_target).pow(2)
     if clip_range_vf is not None:
         clipped = old_value + (value - old_value).clamp(-clip_range_vf, clip_range_vf)
         value_error = torch.max(value_error, (clipped - value_target).pow(2))
     with torch.no_grad():
-        approx_kl = ((ratio - 1.0) - log_ratio).mean()
+        approx_kl = kl_k3(log_ratio).mean()
         clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
     return {
         "loss_policy": surrogate.mean(),

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from pgkit.algorithms.base import OnPolicyModule
 from pgkit.algorithms.common import AlgorithmConfigBase
-from pgkit.ops import gae
+from pgkit.ops import gae, normalize
 
 
 def reward_to_go(
@@ -159,9 +159,7 @@ class Reinforce(OnPolicyModule):
         if a.baseline == "mean":
             weight = weight - (mask * weight).sum() / n
         if a.normalize_returns:
-            mean = (mask * weight).sum() / n
-            std = ((mask * (weight - mean).pow(2)).sum() / n).sqrt()
-            weight = (weight - mean) / (std + 1e-8)
+            weight = normalize(weight, mask=mask.bool())
         joint_critic = self.learned_value and not self.separate_critic
         if joint_critic:
             dist, value = self.policy(batch["obs"])

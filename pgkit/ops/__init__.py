@@ -1,6 +1,46 @@
-"""Pure tensor functions shared by every algorithm. One implementation of each formula lives here."""
+"""Pure tensor functions shared by every algorithm. One implementation of each formula lives here.
 
-from pgkit.ops.gae import explained_variance, gae, normalize
+The stateset-rl-core API (``compute_gae``, ``batch_compute_gae``, ``compute_group_advantages``, ``normalize_rewards``,
+``clip_rewards``, ``compute_reward_statistics``, ``compute_gspo_importance_ratios``, ``apply_gspo_clipping``,
+``compute_ppo_surrogate``) takes numpy arrays or torch tensors, on any device, and returns the kind it was given.
+The trainers call the same functions, or the tensor functions those are built from.
+"""
+
+from pgkit.ops.gae import advantages, batch_compute_gae, compute_gae, gae
+from pgkit.ops.group import compute_group_advantages, group_advantages, group_baseline
+from pgkit.ops.rewards import clip_rewards, clip_rewards_py, compute_reward_statistics, normalize_rewards
+from pgkit.ops.scan import discounted_reverse_cumsum
+from pgkit.ops.statistics import explained_variance, normalize
+from pgkit.ops.surrogate import (
+    apply_gspo_clipping,
+    clipped_surrogate,
+    compute_gspo_importance_ratios,
+    compute_ppo_surrogate,
+    kl_k3,
+    sequence_ratio,
+)
 from pgkit.ops.welford import merge_moments
 
-__all__ = ["explained_variance", "gae", "merge_moments", "normalize"]
+__all__ = [
+    "advantages",
+    "apply_gspo_clipping",
+    "batch_compute_gae",
+    "clip_rewards",
+    "clip_rewards_py",
+    "clipped_surrogate",
+    "compute_gae",
+    "compute_group_advantages",
+    "compute_gspo_importance_ratios",
+    "compute_ppo_surrogate",
+    "compute_reward_statistics",
+    "discounted_reverse_cumsum",
+    "explained_variance",
+    "gae",
+    "group_advantages",
+    "group_baseline",
+    "kl_k3",
+    "merge_moments",
+    "normalize",
+    "normalize_rewards",
+    "sequence_ratio",
+]

@@ -1,0 +1,42 @@
+"""Accept numpy arrays or torch tensors and hand back the same kind, so `pgkit.ops` serves both worlds.
+
+numpy arrays are wrapped with ``torch.from_numpy`` (no copy) and the results unwrapped with ``Tensor.numpy`` (no copy),
+so the arithmetic is written once, in torch, and runs on whatever device a tensor input lives on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ArrayT = TypeVar("ArrayT", np.ndarray, Tensor)
+
+
+def as_tensor(x: Any) -> Tensor:
+    """A float tensor view of ``x``: tensors pass through (ints become float64), arrays and sequences are wrapped."""
+    if isinstance(x, Tensor):
+        return x if x.is_floating_point() else x.to(torch.float64)
+    array = np.asarray(x)
+    if not np.issubdtype(array.dtype, np.floating) or array.dtype == np.float16:
+        array = array.astype(np.float64)
+    if not array.flags.writeable:
+        array = array.copy()  # torch.from_numpy warns on read-only memory; it never writes to inputs here.
+    return torch.from_numpy(array)
+
+
+def is_torch(*xs: Any) -> bool:
+    """Whether the result should be a tensor: when any input is one."""
+    return any(isinstance(x, Tensor) for x in xs)
+
+
+def give_back(t: Tensor, torch_out: bool) -> Any:
+    """``t`` as a tensor or as a numpy array (CPU tensors only come from numpy inputs)."""
+    return t if torch_out else t.numpy()
+
+
+def scalar_back(t: Tensor, torch_out: bool) -> Any:
+    """A 0-d result: a tensor for tensor inputs (no device sync), a Python float for numpy inputs."""
+    return t if torch_out else float(t)

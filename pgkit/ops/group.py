@@ -1,0 +1,79 @@
+"""Group-relative advantages (GRPO): each reward measured against the other members of its group."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from pgkit.ops._arrays import as_tensor, give_back, is_torch
+
+Baseline = Literal["mean", "median", "min"]
+Scale = Literal["group", "batch", "none"]
+
+
+def _row_mean_std(x: Tensor, correction: int) -> tuple[Tensor, Tensor]:
+    """Per-row mean and std as ``[rows, 1]`` (by sums: ``torch.std`` over short rows is many times slower)."""
+    size = x.shape[1]
+    mean = x.sum(dim=1, keepdim=True) / size
+    centred = x - mean
+    var = (centred * centred).sum(dim=1, keepdim=True) / max(size - correction, 1)
+    return mean, var.sqrt()
+
+
+def group_baseline(rewards: Tensor, kind: str) -> Tensor:
+    """Each group's baseline, shape ``[groups, 1]``, for rewards of shape ``[groups, group_size]``.
+
+    The median of an even-sized group is the mean of its two middle values (as numpy's). A NaN anywhere in a group
+    makes its baseline NaN, whatever the kind.
+    """
+    if kind == "mean":
+        return rewards.mean(dim=1, keepdim=True)
+    if kind == "median":
+        size = rewards.shape[1]
+        ordered = rewards.sort(dim=1).values
+        middle = (ordered[:, (size - 1) // 2] + ordered[:, size // 2]) / 2
+        has_nan = rewards.isnan().any(dim=1)
+        return torch.where(has_nan, torch.nan, middle).unsqueeze(1)
+    if kind == "min":
+        return rewards.amin(dim=1, keepdim=True)
+    raise ValueError(f"baseline_type must be 'mean', 'median' or 'min', got {kind!r}")
+
+
+def group_advantages(rewards: Tensor, baseline: Baseline = "mean", scale: Scale = "group", eps: float = 1e-4) -> Tensor:
+    """GRPO advantages ``(r - baseline) / (std + eps)`` for rewards of shape ``[groups, group_size]`` (as TRL).
+
+    ``scale``: ``group`` divides by each group's std, ``batch`` by the std of all rewards, ``none`` not at all
+    (Dr. GRPO). The std is the unbiased one, as ``torch.std`` in TRL; a group of one has advantage 0.
+    """
+    advantage = rewards - group_baseline(rewards, baseline)
+    if scale == "none":
+        return advantage
+    if scale == "group":
+        std = _row_mean_std(rewards, correction=1)[1]
+    elif scale == "batch":
+        std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+    else:
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    return advantage / (std + eps)
+
+
+def compute_group_advantages(rewards: Any, baseline_type: str = "mean", normalize: bool = True) -> Any:
+    """Group-relative advantages as stateset-rl-core's ``compute_group_advantages``.
+
+    ``rewards`` has shape ``[num_groups, group_size]``; the result is ``r - baseline``, flattened row by row to
+    ``[num_groups * group_size]`` (as stateset-rl-core returns it). With ``normalize`` each group's advantages are
+    centred and divided by ``std + 1e-8`` (population std) when that std exceeds ``1e-8``, and left as they are
+    otherwise; centring makes the baseline irrelevant then. Unlike stateset-rl-core, an unknown ``baseline_type`` is an
+    error (it falls back to the mean), and a NaN makes its whole group NaN for every baseline (its ``min`` skips NaN).
+    """
+    r = as_tensor(rewards)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must be 2-D [num_groups, group_size], got shape {tuple(r.shape)}")
+    advantage = r - group_baseline(r, baseline_type)
+    if normalize and r.shape[1] > 0:
+        mean, std = _row_mean_std(advantage, correction=0)
+        spread = std > 1e-8  # groups whose rewards (nearly) all agree are left as they are
+        advantage = (advantage - mean * spread) * torch.where(spread, 1.0 / (std + 1e-8), 1.0)
+    return give_back(advantage.reshape(-1), is_torch(rewards))
