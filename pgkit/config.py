@@ -14,6 +14,7 @@ import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from pgkit.algorithms.a2c import A2C, A2CConfig
+from pgkit.algorithms.grpo import GRPO, GRPOConfig
 from pgkit.algorithms.ppo import PPO, PPOConfig
 from pgkit.algorithms.reinforce import Reinforce, ReinforceConfig
 from pgkit.algorithms.trpo import TRPO, TRPOConfig
@@ -33,10 +34,11 @@ ALGORITHMS: dict[str, tuple[type[BaseModel], type]] = {
     "trpo": (TRPOConfig, TRPO),
     "reinforce": (ReinforceConfig, Reinforce),
     "vmpo": (VMPOConfig, VMPO),
+    "grpo": (GRPOConfig, GRPO),
 }
 
 AlgorithmConfig = Annotated[
-    PPOConfig | A2CConfig | TRPOConfig | ReinforceConfig | VMPOConfig, Field(discriminator="name")
+    PPOConfig | A2CConfig | TRPOConfig | ReinforceConfig | VMPOConfig | GRPOConfig, Field(discriminator="name")
 ]
 
 

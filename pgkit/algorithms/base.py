@@ -61,6 +61,8 @@ class OnPolicyModule(L.LightningModule):
     #: Passes over the rollout per iteration, and minibatches per pass. Subclasses set these from their config.
     update_epochs: int = 1
     num_minibatches: int = 1
+    #: Whether the critic estimates values worth reporting (``train/explained_variance``); GRPO has none.
+    has_critic: bool = True
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -161,6 +163,9 @@ class OnPolicyModule(L.LightningModule):
         """Whether to stop the rollout early; ``ended[i]`` says sub-env ``i`` has ended an episode in it."""
         return False
 
+    def observe_step(self, info: dict[str, Any], done: np.ndarray) -> None:
+        """Called after every env step with the vector env's ``info`` and ``terminated | truncated``."""
+
     def _collect(self, b: TensorDict) -> list[tuple[float, int]]:
         obs_b, act_b, logp_b, rew_b = b["obs"], b["action"], b["log_prob"], b["reward"]
         term_b, trunc_b, val_b, final_b = b["terminated"], b["truncated"], b["value"], b["final_value"]
@@ -193,6 +198,7 @@ class OnPolicyModule(L.LightningModule):
                 finished = np.flatnonzero(info["_episode"])
                 episodes += [(float(info["episode"]["r"][i]), int(info["episode"]["l"][i])) for i in finished]
             obs = torch.as_tensor(next_obs, dtype=torch.float32, device=dev)
+            self.observe_step(info, terminated | truncated)
             any_end |= terminated | truncated
             if t + 1 < T and self.rollout_finished(any_end):
                 self.steps_taken = t + 1
@@ -237,8 +243,11 @@ class OnPolicyModule(L.LightningModule):
         steps = int(self.env_steps)
         self.episode_returns.extend(r for r, _ in episodes)
         b = self.buffer
-        counted = b["mask"].bool()  # steps that enter the loss (all, except in REINFORCE's masked batches)
-        metrics = {"train/explained_variance": float(explained_variance(b["value"][counted], b["return"][counted]))}
+        metrics = {}
+        if self.has_critic:
+            counted = b["mask"].bool()  # steps that enter the loss (all, except in REINFORCE's masked batches)
+            ev = explained_variance(b["value"][counted], b["return"][counted])
+            metrics["train/explained_variance"] = float(ev)
         metrics["train/learning_rate"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         if episodes:
             metrics["rollout/episode_return"] = float(np.mean([r for r, _ in episodes]))

@@ -1,0 +1,346 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath) and GSPO (Zheng et al. 2025) for gymnasium environments. No critic.
+
+One iteration samples ``P = env.num_envs / group_size`` start states and runs a group of ``group_size`` episodes
+from each: every member of a group is reset with the same seed. Each episode gets one score (its return, or a
+reward computer's output), advantages are measured against the group (:func:`pgkit.ops.group_advantages`), and the
+policy takes ``num_iterations`` passes of clipped-ratio updates against the sampling policy, with a k3 KL penalty to
+a reference policy. Option names and meanings follow TRL's ``GRPOTrainer``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from tensordict import TensorDict
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from pgkit.algorithms.base import MinibatchIndices, OnPolicyModule
+from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.errors import ConfigError
+from pgkit.ops import clipped_surrogate, group_advantages, kl_k3, sequence_ratio
+
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+
+
+# ------------------------------------------------------------------------------------------------ reward computers
+def relative_scores(returns: Tensor) -> Tensor:
+    """Normalised rank within each group, ``[P, G] -> [P, G]`` in ``[0, 1]``: 0 the worst, 1 the best; ties share
+    their mean rank."""
+    above = (returns.unsqueeze(2) > returns.unsqueeze(1)).sum(2).to(returns.dtype)
+    ties = (returns.unsqueeze(2) == returns.unsqueeze(1)).sum(2).to(returns.dtype) - 1
+    return (above + ties / 2) / max(returns.shape[1] - 1, 1)
+
+
+def pareto_scores(objectives: Tensor) -> Tensor:
+    """Pareto rank within each group for objectives ``[P, G, K]`` (all maximised), ``-> [P, G]`` in ``[0, 1]``.
+
+    Fonseca-Fleming ranking: ``1 - (members that dominate this one) / (G - 1)``, so every non-dominated member
+    scores 1. ``j`` dominates ``i`` when it is at least as good in every objective and better in one.
+    """
+    i_obj, j_obj = objectives.unsqueeze(2), objectives.unsqueeze(1)  # [P, i, 1, K], [P, 1, j, K]
+    dominates = (j_obj >= i_obj).all(-1) & (j_obj > i_obj).any(-1)  # [P, i, j]: j dominates i
+    return 1.0 - dominates.sum(2).to(objectives.dtype) / max(objectives.shape[1] - 1, 1)
+
+
+# ------------------------------------------------------------------------------------------------------------ loss
+def aggregate(per_step: Tensor, mask: Tensor, loss_type: LossType, max_length: int, steps_per_minibatch: float) -> Tensor:
+    """Reduce a ``[T, B]`` per-step loss over the steps in ``mask``, as TRL's ``loss_type``.
+
+    ``grpo``: mean over each episode's steps, then over episodes. ``bnpo``: mean over all steps of the minibatch.
+    ``dr_grpo``: sum over ``B * max_length`` (a constant, so no length bias). ``dapo``: sum over the mean number
+    of steps per minibatch in the whole batch (TRL divides by the batch's step count and accumulates gradients;
+    here each minibatch steps the optimizer, so the count is shared among the minibatches).
+    """
+    total = (per_step * mask).sum()
+    if loss_type == "grpo":
+        return ((per_step * mask).sum(0) / mask.sum(0).clamp_min(1.0)).mean()
+    if loss_type == "bnpo":
+        return total / mask.sum().clamp_min(1.0)
+    if loss_type == "dr_grpo":
+        return total / (per_step.shape[1] * max_length)
+    return total / max(steps_per_minibatch, 1.0)
+
+
+def grpo_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    ref_log_prob: Tensor,
+    advantage: Tensor,
+    mask: Tensor,
+    entropy: Tensor,
+    *,
+    epsilon: float,
+    epsilon_high: float,
+    beta: float,
+    ent_coef: float,
+    loss_type: LossType,
+    importance_sampling_level: Literal["token", "sequence"],
+    max_length: int,
+    steps_per_minibatch: float,
+) -> dict[str, Tensor]:
+    """The GRPO/GSPO loss on ``[T, B]`` steps of ``B`` episodes, with one advantage per episode (``[B]``).
+
+    Per step: ``-min(r A, clip(r, 1 - epsilon, 1 + epsilon_high) A) + beta * k3(log pi_ref - log pi)
+    - ent_coef * entropy``, reduced by :func:`aggregate`. The ratio ``r`` is per step (``token``) or, for GSPO
+    (``sequence``), one per episode: ``exp(mean over its steps of (log pi - log pi_old))``.
+    """
+    if importance_sampling_level == "sequence":
+        length = mask.sum(0)
+        ratio = sequence_ratio((log_prob * mask).sum(0), (old_log_prob * mask).sum(0), length).expand_as(log_prob)
+    else:
+        ratio = (log_prob - old_log_prob).exp()
+    adv = advantage.unsqueeze(0).expand_as(log_prob)
+    kl = kl_k3(ref_log_prob - log_prob)
+    per_step = -clipped_surrogate(ratio, adv, epsilon, epsilon_high) - ent_coef * entropy
+    if beta:
+        per_step = per_step + beta * kl
+    loss = aggregate(per_step, mask, loss_type, max_length, steps_per_minibatch)
+    with torch.no_grad():
+        n = mask.sum().clamp_min(1.0)
+        clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
+        return {
+            "loss": loss,
+            "kl": (kl * mask).sum() / n,
+            "clip_fraction": (clipped.float() * mask).sum() / n,
+            "entropy": (entropy * mask).sum() / n,
+        }
+
+
+def adapt_beta(beta: float, kl: float, target: float, low: float, high: float) -> float:
+    """ruvllm's adaptive KL weight: x1.5 when ``kl > 1.5 target``, /1.5 when ``kl < 0.5 target``, within
+    ``[low, high]``."""
+    if kl > 1.5 * target:
+        beta *= 1.5
+    elif kl < 0.5 * target:
+        beta /= 1.5
+    return min(max(beta, low), high)
+
+
+# ---------------------------------------------------------------------------------------------------------- config
+class GRPOConfig(AlgorithmConfigBase):
+    """GRPO / GSPO hyperparameters (TRL ``GRPOConfig`` names where TRL has the option)."""
+
+    name: Literal["grpo"] = "grpo"
+    """Algorithm selector."""
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    """Adam learning rate of the policy."""
+    anneal_lr: bool = False
+    num_steps: int = Field(500, ge=1, le=1_000_000)
+    """Longest episode: one not ended after this many steps is cut there and scored as it stands."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    group_size: int = Field(8, ge=2, le=4096)
+    """Episodes per group (TRL's ``num_generations``); ``env.num_envs`` must be a multiple of it."""
+    num_iterations: int = Field(1, ge=1, le=1000)
+    """Passes over each batch of episodes (TRL's ``num_iterations``, the paper's mu)."""
+    num_minibatches: int = Field(1, ge=1)
+    """Minibatches of whole episodes per pass; must divide ``env.num_envs``."""
+    reward: Literal["absolute", "relative", "pareto"] = "absolute"
+    """Episode score: ``absolute`` its return; ``relative`` its normalised rank in the group (0 worst, 1 best);
+    ``pareto`` its Pareto rank in the group over ``objectives``."""
+    objectives: list[str] = Field(default_factory=list)
+    """For ``reward: pareto``: keys of the env's step ``info``, each summed over the episode and maximised."""
+    baseline: Literal["mean", "median", "min"] = "mean"
+    """What each score is measured against within its group."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the group's std, the batch's, or not at all (Dr. GRPO), plus 1e-4 (as TRL)."""
+    epsilon: float = Field(0.2, gt=0, lt=1)
+    """Lower clip of the ratio, ``1 - epsilon`` (and the upper one unless ``epsilon_high``)."""
+    epsilon_high: float | None = Field(None, gt=0)
+    """Upper clip ``1 + epsilon_high`` (DAPO's clip-higher); null means ``epsilon``."""
+    beta: float = Field(0.0, ge=0)
+    """Weight of the k3 KL penalty to the reference policy (the initial weight when ``adaptive_beta``)."""
+    adaptive_beta: bool = False
+    """Adapt ``beta`` after each iteration: x1.5 when KL > 1.5 ``kl_target``, /1.5 when KL < 0.5 ``kl_target``."""
+    kl_target: float = Field(0.01, gt=0)
+    """Target KL for ``adaptive_beta``."""
+    beta_min: float = Field(0.001, ge=0)
+    """Lower bound of an adaptive ``beta``."""
+    beta_max: float = Field(0.1, gt=0)
+    """Upper bound of an adaptive ``beta``."""
+    loss_type: LossType = "grpo"
+    """How per-step losses are averaged: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see TRL)."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """``token``: a ratio per step; ``sequence``: one length-normalised ratio per episode (GSPO)."""
+    reference: Literal["frozen", "periodic", "ema"] = "periodic"
+    """Reference policy of the KL term: the initial policy (``frozen``), a copy of the policy refreshed every
+    ``ref_model_sync_steps`` iterations (``periodic``), or an average moved towards it every iteration (``ema``)."""
+    ref_model_sync_steps: int = Field(10, ge=1)
+    """Iterations between copies of the policy into a ``periodic`` reference."""
+    ref_model_mixup_alpha: float = Field(0.1, gt=0, le=1)
+    """EMA weight of the policy in an ``ema`` reference: ``ref <- alpha * policy + (1 - alpha) * ref``."""
+    ent_coef: float = Field(0.0, ge=0)
+    """Weight of the entropy bonus (not in TRL; the ruvllm presets use one)."""
+
+    def check_experiment(self, experiment) -> None:
+        env = experiment.env
+        if env.num_envs % self.group_size:
+            raise ValueError(
+                f"env.num_envs: must be a multiple of algorithm.group_size = {self.group_size}, so every sub-env "
+                f"belongs to one group (got {env.num_envs})"
+            )
+        if env.num_envs % self.num_minibatches:
+            raise ValueError(
+                f"algorithm.num_minibatches: must divide env.num_envs = {env.num_envs}, the episodes per batch "
+                f"(got {self.num_minibatches})"
+            )
+        if env.normalize_reward:
+            raise ValueError(
+                "env.normalize_reward: GRPO scores whole episodes, and scaled rewards would change their returns; "
+                "set it to false (use algorithm.scale_rewards to scale advantages) (got True)"
+            )
+        if self.reward == "pareto" and not self.objectives:
+            raise ValueError("algorithm.objectives: reward 'pareto' needs at least one info key (got [])")
+        if self.adaptive_beta and not self.beta_min <= self.beta <= self.beta_max:
+            raise ValueError(
+                f"algorithm.beta: an adaptive beta must start within [beta_min, beta_max] = "
+                f"[{self.beta_min}, {self.beta_max}] (got {self.beta})"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------- module
+class GRPO(OnPolicyModule):
+    """GRPO/GSPO: groups of episodes from shared start states, group-relative advantages, no critic."""
+
+    has_critic = False
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        self.algo: GRPOConfig = self.cfg.algorithm
+        a = self.algo
+        self.group_size = a.group_size
+        self.num_groups = self.num_envs // a.group_size
+        self.update_epochs, self.num_minibatches = a.num_iterations, a.num_minibatches
+        self.epsilon_high = a.epsilon if a.epsilon_high is None else a.epsilon_high
+        self.reference = copy.deepcopy(self.policy).requires_grad_(False)
+        self.register_buffer("beta", torch.tensor(a.beta, dtype=torch.float64))
+        self._objectives = np.zeros((self.num_envs, len(a.objectives)))
+        self._scoring = np.ones(self.num_envs, dtype=bool)  # sub-envs still in the episode being scored
+        self.group_metrics: dict[str, float] = {}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.policy.actor_parameters(), lr=self.algo.learning_rate)
+
+    # ------------------------------------------------------------------------------------------------- rollout
+    def group_seeds(self) -> list[int]:
+        """Reset seeds for this iteration: one per group, repeated for its members. A pure function of the run's
+        seed, the rank and the iteration, so a resumed run draws the same start states."""
+        entropy = [self.cfg.trainer.seed, self.global_rank, self.current_epoch]
+        per_group = np.random.SeedSequence(entropy).generate_state(self.num_groups)
+        return np.repeat(per_group, self.group_size).tolist()
+
+    def begin_rollout(self) -> None:
+        obs, _ = self.envs.reset(seed=self.group_seeds())
+        self._next_obs = torch.as_tensor(obs, dtype=torch.float32)
+        self.reset_observations = self._next_obs.clone()  # kept for inspection: identical within a group
+        self._objectives[:] = 0.0
+        self._scoring[:] = True
+
+    def rollout_finished(self, ended: np.ndarray) -> bool:
+        return bool(ended.all())
+
+    @property
+    def max_iterations(self) -> int:
+        # A batch takes at least one step per sub-env; the step budget ends the run.
+        return self.step_budget // self.num_envs
+
+    def observe_step(self, info: dict[str, Any], done: np.ndarray) -> None:
+        for k, key in enumerate(self.algo.objectives):
+            if key not in info:
+                raise ConfigError(
+                    f"config error: algorithm.objectives: the env's info has no key {key!r} "
+                    f"(it has: {', '.join(sorted(k for k in info if not k.startswith('_'))) or 'none'})"
+                )
+            present = info.get(f"_{key}", np.ones(self.num_envs, dtype=bool))
+            values = np.where(present & self._scoring, np.asarray(info[key], dtype=np.float64), 0.0)
+            self._objectives[:, k] += values
+        self._scoring &= ~done
+
+    def compute_targets(self, b: TensorDict, last_value: Tensor) -> None:
+        a, T = self.algo, self.steps_taken
+        done = (b["terminated"] | b["truncated"])[:T]
+        in_first = (done.cumsum(0) - done.long()) == 0  # up to and including the first end (all, if none)
+        mask = torch.zeros_like(b["mask"])
+        mask[:T] = in_first.float()
+        b["mask"].copy_(mask)
+        returns = (b["reward"] * mask).sum(0).double().view(self.num_groups, self.group_size)
+        if a.reward == "relative":
+            scores = relative_scores(returns)
+        elif a.reward == "pareto":
+            objectives = torch.as_tensor(self._objectives, device=returns.device)
+            scores = pareto_scores(objectives.view(self.num_groups, self.group_size, -1))
+        else:
+            scores = returns
+        advantage = group_advantages(scores, a.baseline, a.scale_rewards)
+        b["advantage"].copy_(advantage.reshape(1, -1).float() * mask)
+        b["return"].copy_(scores.reshape(1, -1).float().expand_as(mask))
+        group_std = scores.std(dim=1) if self.group_size > 1 else torch.zeros(self.num_groups)
+        self.group_metrics = {
+            "train/reward_mean": float(scores.mean()),
+            "train/reward_std": float(scores.std()),
+            "train/frac_reward_zero_std": float((group_std < 1e-8).double().mean()),
+            "train/advantage_mean": float(advantage.mean()),
+            "train/episode_return": float(returns.mean()),
+        }
+
+    # -------------------------------------------------------------------------------------------------- update
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.rollout_metrics.update(self.group_metrics)
+        self._steps_per_minibatch = float(self.buffer["mask"].sum()) / self.num_minibatches
+
+    def train_dataloader(self) -> DataLoader:
+        # Minibatches of whole episodes (sub-env columns of the buffer), so sequence-level ratios see all steps.
+        dataset = MinibatchIndices(self.num_envs, self.num_minibatches, self.update_epochs)
+        return DataLoader(dataset, batch_size=None, num_workers=0)
+
+    def training_step(self, indices: Tensor, batch_idx: int) -> Tensor:
+        terms = self.compute_loss(self.buffer[: self.steps_taken, indices.to(self.device)])
+        self.accumulate(terms)
+        return terms["loss"]
+
+    def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
+        a = self.algo
+        obs = batch["obs"].flatten(0, 1)
+        dist = self.policy.distribution(obs)
+        action = batch["action"].flatten(0, 1)
+        log_prob = dist.log_prob(action).view_as(batch["log_prob"])
+        entropy = dist.entropy().view_as(batch["log_prob"])
+        with torch.no_grad():
+            ref_log_prob = self.reference.distribution(obs).log_prob(action).view_as(batch["log_prob"])
+        terms = grpo_loss(
+            log_prob,
+            batch["log_prob"],
+            ref_log_prob,
+            batch["advantage"][0],  # one per episode; its first step always counts
+            batch["mask"],
+            entropy,
+            epsilon=a.epsilon,
+            epsilon_high=self.epsilon_high,
+            beta=float(self.beta),
+            ent_coef=a.ent_coef,
+            loss_type=a.loss_type,
+            importance_sampling_level=a.importance_sampling_level,
+            max_length=a.num_steps,
+            steps_per_minibatch=self._steps_per_minibatch,
+        )
+        terms["beta"] = self.beta.clone()
+        return terms
+
+    def on_train_epoch_end(self) -> None:
+        a = self.algo
+        if a.adaptive_beta and self._count:
+            kl = float(self._sums["kl"]) / self._count
+            self.beta.fill_(adapt_beta(float(self.beta), kl, a.kl_target, a.beta_min, a.beta_max))
+        iteration = self.current_epoch + 1
+        with torch.no_grad():
+            if a.reference == "periodic" and iteration % a.ref_model_sync_steps == 0:
+                self.reference.load_state_dict(self.policy.state_dict())
+            elif a.reference == "ema":
+                for ref, cur in zip(self.reference.parameters(), self.policy.parameters(), strict=True):
+                    ref.lerp_(cur, a.ref_model_mixup_alpha)
+        super().on_train_epoch_end()
