@@ -35,6 +35,9 @@ def train(algorithm: str, config_file: str | None, overrides: list[str]) -> list
         ("reinforce", "reinforce-cartpole.yaml", [], 195),
         # Batches of complete episodes, one per sub-env, restarted every batch.
         ("reinforce", "reinforce-cartpole.yaml", ["algorithm.batch=episodes", "algorithm.num_steps=500"], 195),
+        # GRPO and GSPO presets: groups of 8 episodes from shared start states, no critic, 200k steps.
+        ("grpo", "grpo.yaml", [], 400),
+        ("grpo", "gspo.yaml", [], 400),
         # sb3-contrib's TRPO defaults with 4 envs x 512 steps, 100k steps.
         ("trpo", None, [*CARTPOLE, "env.num_envs=4", "algorithm.num_steps=512", "trainer.total_timesteps=100000"], 400),
         # V-MPO with 8 envs x 128 steps, 4 x 4 updates, lr 1e-3 and eps_eta 0.1 (sharper E-step weights than the

@@ -48,7 +48,9 @@ def pareto_scores(objectives: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------------ loss
-def aggregate(per_step: Tensor, mask: Tensor, loss_type: LossType, max_length: int, steps_per_minibatch: float) -> Tensor:
+def aggregate(
+    per_step: Tensor, mask: Tensor, loss_type: LossType, max_length: int, steps_per_minibatch: float
+) -> Tensor:
     """Reduce a ``[T, B]`` per-step loss over the steps in ``mask``, as TRL's ``loss_type``.
 
     ``grpo``: mean over each episode's steps, then over episodes. ``bnpo``: mean over all steps of the minibatch.
@@ -239,6 +241,7 @@ class GRPO(OnPolicyModule):
         self.reset_observations = self._next_obs.clone()  # kept for inspection: identical within a group
         self._objectives[:] = 0.0
         self._scoring[:] = True
+        self._seen = [False] * len(self.algo.objectives)
 
     def rollout_finished(self, ended: np.ndarray) -> bool:
         return bool(ended.all())
@@ -249,15 +252,16 @@ class GRPO(OnPolicyModule):
         return self.step_budget // self.num_envs
 
     def observe_step(self, info: dict[str, Any], done: np.ndarray) -> None:
+        # With same-step autoreset, an episode's last step reports its info under "final_info".
+        final = info.get("final_info") or {}
         for k, key in enumerate(self.algo.objectives):
-            if key not in info:
-                raise ConfigError(
-                    f"config error: algorithm.objectives: the env's info has no key {key!r} "
-                    f"(it has: {', '.join(sorted(k for k in info if not k.startswith('_'))) or 'none'})"
-                )
-            present = info.get(f"_{key}", np.ones(self.num_envs, dtype=bool))
-            values = np.where(present & self._scoring, np.asarray(info[key], dtype=np.float64), 0.0)
-            self._objectives[:, k] += values
+            values = np.zeros(self.num_envs)
+            for source, rows in ((info, ~done), (final, done)):
+                if key in source:
+                    present = rows & source.get(f"_{key}", True)
+                    values = np.where(present, np.asarray(source[key], dtype=np.float64), values)
+                    self._seen[k] |= bool(present.any())
+            self._objectives[:, k] += np.where(self._scoring, values, 0.0)
         self._scoring &= ~done
 
     def compute_targets(self, b: TensorDict, last_value: Tensor) -> None:
@@ -271,6 +275,11 @@ class GRPO(OnPolicyModule):
         if a.reward == "relative":
             scores = relative_scores(returns)
         elif a.reward == "pareto":
+            for key, seen in zip(a.objectives, self._seen, strict=True):
+                if not seen:
+                    raise ConfigError(
+                        f"config error: algorithm.objectives: the env's info has no key {key!r} in this rollout"
+                    )
             objectives = torch.as_tensor(self._objectives, device=returns.device)
             scores = pareto_scores(objectives.view(self.num_groups, self.group_size, -1))
         else:

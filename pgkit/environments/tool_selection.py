@@ -9,7 +9,7 @@ chosen), so the env also serves multi-objective (Pareto) scoring.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 class ToolSelectionEnv(gym.Env[np.ndarray, np.int64]):
     """Pick the tool that suits the task. Optimal choices return ``1 - cost``; a random policy gets about 0.2."""
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, num_tasks: int = 6, num_tools: int = 6, num_distractors: int = 4, layout_seed: int = 0) -> None:
         if num_tools < 3:
