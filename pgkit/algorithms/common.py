@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def adam(params: Iterable[Any], lr: float = 1e-3, eps: float = 1e-8) -> torch.optim.Adam:
+    """Adam with the fused kernel: one call updates every parameter, where the default CPU path dispatches about
+    ten small ops per parameter tensor (a third of PPO's update time at CleanRL's sizes). Same update rule."""
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
 
 
 class AlgorithmConfigBase(BaseModel):

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pgkit.algorithms.base import MinibatchIndices, OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.algorithms.common import AlgorithmConfigBase, adam
 from pgkit.errors import ConfigError
 from pgkit.ops import clipped_surrogate, group_advantages, kl_k3, sequence_ratio
 
@@ -225,7 +225,7 @@ class GRPO(OnPolicyModule):
         self.group_metrics: dict[str, float] = {}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.policy.actor_parameters(), lr=self.algo.learning_rate)
+        return adam(self.policy.actor_parameters(), lr=self.algo.learning_rate)
 
     # ------------------------------------------------------------------------------------------------- rollout
     def group_seeds(self) -> list[int]:
@@ -343,7 +343,7 @@ class GRPO(OnPolicyModule):
     def on_train_epoch_end(self) -> None:
         a = self.algo
         if a.adaptive_beta and self._count:
-            kl = float(self._sums["kl"]) / self._count
+            kl = float(self.iteration_sums["kl"]) / self._count
             self.beta.fill_(adapt_beta(float(self.beta), kl, a.kl_target, a.beta_min, a.beta_max))
         iteration = self.current_epoch + 1
         with torch.no_grad():

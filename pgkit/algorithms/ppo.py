@@ -10,7 +10,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.algorithms.common import AlgorithmConfigBase, adam
 from pgkit.ops import clipped_surrogate, kl_k3, normalize
 
 
@@ -78,22 +78,17 @@ class PPOConfig(AlgorithmConfigBase):
 class PPO(OnPolicyModule):
     """PPO as a LightningModule: the base collects and batches, this class computes the loss and optimises."""
 
+    fused_minibatches = True
+
     def __init__(self, config: dict) -> None:
         super().__init__(config)
         algo: PPOConfig = self.cfg.algorithm
         self.algo = algo
         self.update_epochs, self.num_minibatches = algo.update_epochs, algo.num_minibatches
-        self._kl_exceeded = False
+        self.automatic_optimization = False  # the base steps each minibatch itself (fused_minibatches)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps)
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self._kl_exceeded = False
-
-    def on_train_batch_start(self, batch: Tensor, batch_idx: int) -> int | None:
-        return -1 if self._kl_exceeded else None  # -1 ends this epoch's updates (Lightning convention)
+        return adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps)
 
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
         algo = self.algo
@@ -114,7 +109,6 @@ class PPO(OnPolicyModule):
         loss = terms["loss_policy"] + algo.vf_coef * terms["loss_value"] + algo.ent_coef * terms["loss_entropy"]
         if algo.target_kl is not None and float(terms["approx_kl"]) > 1.5 * algo.target_kl:
             # As SB3: this minibatch already moved too far, so skip its step and end the iteration's updates.
-            self._kl_exceeded = True
             loss = None
         return {
             "loss": loss,

@@ -11,7 +11,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.algorithms.common import AlgorithmConfigBase, adam
 from pgkit.ops import gae, normalize
 
 
@@ -116,10 +116,10 @@ class Reinforce(OnPolicyModule):
         a = self.algo
         if not self.separate_critic:
             params = self.policy.parameters() if self.learned_value else self.policy.actor_parameters()
-            return [torch.optim.Adam(params, lr=a.learning_rate)]
+            return [adam(params, lr=a.learning_rate)]
         return [
-            torch.optim.Adam(self.policy.actor_parameters(), lr=a.learning_rate),
-            torch.optim.Adam(self.policy.critic_parameters(), lr=a.value_learning_rate),
+            adam(self.policy.actor_parameters(), lr=a.learning_rate),
+            adam(self.policy.critic_parameters(), lr=a.value_learning_rate),
         ]
 
     def begin_rollout(self) -> None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.algorithms.common import AlgorithmConfigBase, adam
 from pgkit.distributions import ActionDistribution
 from pgkit.ops import normalize
 
@@ -167,7 +167,7 @@ class TRPO(OnPolicyModule):
         self.automatic_optimization = False
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.policy.critic_parameters(), lr=self.algo.learning_rate)
+        return adam(self.policy.critic_parameters(), lr=self.algo.learning_rate)
 
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
         a = self.algo

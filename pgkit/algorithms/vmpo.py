@@ -26,7 +26,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.algorithms.common import AlgorithmConfigBase, adam
 from pgkit.distributions import ActionDistribution, Normal, TanhNormal
 from pgkit.distributions.normal import gaussian_kl
 from pgkit.networks import ActorCritic
@@ -131,7 +131,7 @@ class VMPO(OnPolicyModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         a = self.algo
-        return torch.optim.Adam(
+        return adam(
             [
                 {"params": list(self.policy.parameters()), "lr": a.learning_rate},
                 {"params": [self.temperature_param, self.alpha_param], "lr": a.dual_learning_rate},

@@ -3,16 +3,38 @@
 Their statistics are registered buffers, so they are saved in every checkpoint, restored on resume, moved by
 ``.to(device)`` and frozen simply by not calling ``update``. This is the fix for the classic failure of wrapper-based
 normalisation (SB3 #468, CleanRL #532): statistics living in an env wrapper that the checkpoint never sees.
+
+On CPU the arithmetic runs on numpy views of the buffers (same memory, so checkpoints see every update). These run
+once per environment step on a handful of numbers, where torch's per-op dispatch (~4 us, some 20 ops a step) cost
+more than the environment itself; numpy's is ~1 us. The formulas are written once, with operators that both array
+kinds share.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pgkit.ops.welford import merge_moments
 
 _EPS = 1e-8
+
+Array = Tensor | np.ndarray
+
+
+def standardize(x: Array, mean: Array, var: Array, clip: float) -> Array:
+    """``clip((x - mean) / sqrt(var + eps), -clip, clip)`` on tensors or numpy arrays."""
+    return ((x - mean) / (var + _EPS) ** 0.5).clip(-clip, clip)
+
+
+def _moments(x: Array) -> tuple[Array, Array | float]:
+    """Mean and population variance along the first dimension."""
+    if x.shape[0] == 1:  # the common case (one env): skip the reductions, numpy's var alone costs ~10 us
+        return x[0], 0.0
+    if isinstance(x, np.ndarray):
+        return x.mean(0), x.var(0)
+    return x.mean(0), x.var(0, correction=0)
 
 
 class RunningMeanStd(nn.Module):
@@ -25,20 +47,50 @@ class RunningMeanStd(nn.Module):
         # Starts at a tiny count like SB3/gymnasium, so the first batch dominates without dividing by zero.
         self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
 
-    @torch.no_grad()
-    def update(self, batch: Tensor) -> None:
+        self._arrays: tuple[Array, Array, Array] | None = None
+        self.on_host = True
+        """Whether the statistics live on the CPU (and are computed with numpy)."""
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .cuda(), .double() replace the buffers: drop the cached views. load_state_dict copies in place.
+        self._arrays = None
+        out = super()._apply(fn, recurse)
+        self.on_host = self.mean.device.type == "cpu"
+        return out
+
+    def arrays(self) -> tuple[Array, Array, Array]:
+        """``(mean, var, count)``: numpy views of the buffers on CPU, the buffers themselves elsewhere."""
+        if self._arrays is None:
+            buffers = (self.mean, self.var, self.count)
+            self._arrays = tuple(b.numpy() for b in buffers) if self.on_host else buffers
+        return self._arrays
+
+    def as_operand(self, x: Array) -> Array:
+        """``x`` in float64, as the kind of array the statistics are computed with (never tracked by autograd)."""
+        if isinstance(x, Tensor):
+            x = x.detach()
+        if self.on_host:
+            return np.asarray(x.cpu().numpy() if isinstance(x, Tensor) else x, dtype=np.float64)
+        return torch.as_tensor(x, device=self.mean.device).to(torch.float64)
+
+    def as_output(self, x: Array) -> Tensor:
+        """A float32 tensor on the statistics' device."""
+        if isinstance(x, np.ndarray):
+            return torch.from_numpy(x.astype(np.float32)).to(self.mean.device)
+        return x.to(device=self.mean.device, dtype=torch.float32)
+
+    def update(self, batch: Array) -> None:
         """Fold ``batch`` (leading dim = samples) into the statistics."""
-        x = batch.to(torch.float64)
-        n = x.shape[0]
-        batch_var = x.var(dim=0, unbiased=False) if n > 1 else torch.zeros_like(self.var)
-        mean, var, count = merge_moments(self.mean, self.var, self.count, x.mean(dim=0), batch_var, float(n))
-        self.mean.copy_(mean)
-        self.var.copy_(var)
-        self.count.copy_(count)
+        x = self.as_operand(batch)
+        state = self.arrays()
+        merged = merge_moments(*state, *_moments(x), float(x.shape[0]))
+        for buffer, value in zip(state, merged, strict=True):
+            buffer[...] = value
 
 
 class ObservationNormalizer(nn.Module):
-    """``clip((obs - mean) / sqrt(var + eps), -clip, clip)`` with running statistics."""
+    """``clip((obs - mean) / sqrt(var + eps), -clip, clip)`` with running statistics, computed in float64 and
+    returned as float32."""
 
     def __init__(self, shape: tuple[int, ...], clip: float = 10.0, enabled: bool = True) -> None:
         super().__init__()
@@ -46,19 +98,17 @@ class ObservationNormalizer(nn.Module):
         self.clip = clip
         self.rms = RunningMeanStd(shape)
 
-    def update(self, obs: Tensor) -> None:
-        """Add a batch of raw observations to the statistics (no-op when disabled)."""
+    def update(self, obs: Array) -> None:
+        """Add a batch of raw observations (tensor or numpy) to the statistics (no-op when disabled)."""
         if self.enabled:
             self.rms.update(obs)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        """Normalise raw observations; never changes the statistics."""
-        obs = obs.float()
+    def forward(self, obs: Array) -> Tensor:
+        """Normalise raw observations (tensor or numpy) into a float32 tensor; never changes the statistics."""
         if not self.enabled:
-            return obs
-        mean = self.rms.mean.to(obs.dtype)
-        std = (self.rms.var + _EPS).sqrt().to(obs.dtype)
-        return ((obs - mean) / std).clamp(-self.clip, self.clip)
+            return self.rms.as_output(obs.detach() if isinstance(obs, Tensor) else np.asarray(obs))
+        mean, var, _ = self.rms.arrays()
+        return self.rms.as_output(standardize(self.rms.as_operand(obs), mean, var, self.clip))
 
 
 class RewardScaler(nn.Module):
@@ -76,18 +126,26 @@ class RewardScaler(nn.Module):
         self.return_rms = RunningMeanStd(())
         self.register_buffer("returns", torch.zeros(num_envs, dtype=torch.float64))
 
-    @torch.no_grad()
-    def update(self, reward: Tensor, done: Tensor) -> None:
-        """Advance the discounted returns with this step's rewards, update the statistics, then reset ended ones."""
+    def update(self, reward: Array, done: Array) -> None:
+        """Advance the discounted returns with this step's rewards, update the statistics, then reset ended ones.
+
+        ``reward`` and ``done`` (one per env) may be tensors or numpy arrays."""
         if not self.enabled:
             return
-        self.returns.mul_(self.gamma).add_(reward.to(torch.float64))
-        self.return_rms.update(self.returns)
-        self.returns.masked_fill_(done, 0.0)
+        rms = self.return_rms
+        returns = self.returns.numpy() if rms.on_host else self.returns
+        returns *= self.gamma
+        returns += rms.as_operand(reward)
+        rms.update(returns)
+        if rms.on_host:
+            returns[done.cpu().numpy() if isinstance(done, Tensor) else done] = 0.0
+        else:
+            returns[torch.as_tensor(done, device=returns.device)] = 0.0
 
-    def forward(self, reward: Tensor) -> Tensor:
-        """Scale rewards by the current statistics; never changes them."""
+    def forward(self, reward: Array) -> Tensor:
+        """Scale rewards (tensor or numpy) by the current statistics into a float32 tensor; never changes them."""
+        rms = self.return_rms
         if not self.enabled:
-            return reward.float()
-        std = (self.return_rms.var + _EPS).sqrt()
-        return (reward.to(torch.float64) / std).clamp(-self.clip, self.clip).float()
+            return rms.as_output(reward.detach() if isinstance(reward, Tensor) else np.asarray(reward))
+        _, var, _ = rms.arrays()
+        return rms.as_output(standardize(rms.as_operand(reward), 0.0, var, self.clip))

@@ -1,0 +1,161 @@
+"""Throughput: pgkit PPO against Stable-Baselines3 PPO on identical hyperparameters, in the same run.
+
+Run: ``pip install -e ".[bench]" -c constraints.txt && python benchmarks/throughput.py``
+
+Both learners train PPO on one HalfCheetah-v5 env with 2048 steps per rollout, 10 epochs of minibatches of 64,
+observation and reward normalisation, [64, 64] tanh actor and critic, on CPU with the same ``torch.set_num_threads``,
+for the same number of steps. Each is timed around its whole training call (pgkit: ``fit`` with Trainer set-up and
+checkpointing; SB3: ``learn``), with MLflow logging and evaluation off. Also printed:
+
+- the raw SPS of the same env stepped with random actions (the physical limit of one env in one process);
+- pgkit's fastest preset (``configs/ppo-fast.yaml``), beside the raw SPS of the same vector env with random
+  actions.
+
+Each measurement runs in a fresh process (``spawn``), so none inherits another's threads, caches or allocator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def raw_env_sps(env_id: str, num_envs: int, vectorization: str, steps: int) -> float:
+    """Steps per second of the vector env alone, with actions sampled in advance."""
+    from pgkit.environments import make_vec_env
+
+    envs = make_vec_env(env_id, num_envs, vectorization)
+    envs.reset(seed=0)
+    envs.action_space.seed(0)
+    actions = [envs.action_space.sample() for _ in range(256)]
+    iterations = max(1, steps // num_envs)
+    start = time.perf_counter()
+    for i in range(iterations):
+        envs.step(actions[i % len(actions)])
+    elapsed = time.perf_counter() - start
+    envs.close()
+    return iterations * num_envs / elapsed
+
+
+def sb3_ppo_sps(env_id: str, steps: int, threads: int, seed: int) -> float:
+    """SB3 PPO with the shared hyperparameters (its MlpPolicy default is [64, 64] tanh, orthogonal init)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(threads)
+    env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), norm_obs=True, norm_reward=True, gamma=0.99)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=2048,
+        batch_size=64,
+        n_epochs=10,
+        learning_rate=3e-4,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_range=0.2,
+        ent_coef=0.0,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        device="cpu",
+        seed=seed,
+        verbose=0,
+    )
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    elapsed = time.perf_counter() - start
+    return model.num_timesteps / elapsed
+
+
+def pgkit_sps(config: str, overrides: list[str], steps: int, threads: int) -> float:
+    """pgkit ``fit`` on ``config`` with MLflow and evaluation off, timed around the whole call."""
+    from pgkit.config_loading import load_config
+    from pgkit.training import fit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(
+            ROOT / config,
+            [
+                *overrides,
+                f"trainer.total_timesteps={steps}",
+                f"trainer.torch_threads={threads}",
+                f"trainer.output_dir={tmp}",
+                "logger.enabled=false",
+                "eval.every_n_iterations=0",
+                "checkpoint.save_best=false",
+            ],
+        )
+        start = time.perf_counter()
+        result = fit(cfg)
+        elapsed = time.perf_counter() - start
+    return result.env_steps / elapsed
+
+
+def _child(queue: mp.Queue, fn, args) -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    queue.put(fn(*args))
+
+
+def isolated(fn, *args) -> float:
+    """Run ``fn(*args)`` in a fresh spawned process and return its result."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="HalfCheetah-v5")
+    parser.add_argument("--steps", type=int, default=20480, help="training steps per learner (default 20480)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both learners")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--fast-config", default="configs/ppo-fast.yaml")
+    parser.add_argument("--fast-steps", type=int, default=163840, help="steps for the fast preset")
+    parser.add_argument("--skip-sb3", action="store_true", help="only measure pgkit and the raw env")
+    args = parser.parse_args()
+
+    import yaml
+
+    fast = yaml.safe_load((ROOT / args.fast_config).read_text())
+    fast_envs, fast_vec = fast["env"]["num_envs"], fast["env"].get("vectorization", "sync")
+
+    print(f"# {args.env}, {args.steps} steps per learner, torch threads {args.threads}, {os.cpu_count()} cores, "
+          f"{platform.processor() or platform.machine()}")
+    rows: list[tuple[str, float]] = []
+    raw1 = isolated(raw_env_sps, args.env, 1, "sync", 20000)
+    rows.append(("raw env, 1 env, random actions", raw1))
+    pg = isolated(pgkit_sps, "configs/ppo.yaml", [f"env.id={args.env}"], args.steps, args.threads)
+    rows.append(("pgkit PPO, 1 env (configs/ppo.yaml)", pg))
+    sb3 = None
+    if not args.skip_sb3:
+        sb3 = isolated(sb3_ppo_sps, args.env, args.steps, args.threads, args.seed)
+        rows.append(("SB3 PPO, 1 env, same hyperparameters", sb3))
+    rawn = isolated(raw_env_sps, args.env, fast_envs, fast_vec, 40000)
+    rows.append((f"raw vector env, {fast_envs} {fast_vec} envs, random actions", rawn))
+    pf = isolated(pgkit_sps, args.fast_config, [f"env.id={args.env}"], args.fast_steps, fast["trainer"]["torch_threads"])
+    rows.append((f"pgkit PPO fast preset ({args.fast_config})", pf))
+
+    width = max(len(name) for name, _ in rows)
+    for name, sps in rows:
+        print(f"{name:<{width}}  {sps:10.0f} SPS")
+    if sb3 is not None:
+        print(f"pgkit / SB3 (same hyperparameters): {pg / sb3:.2f}x")
+    print(f"pgkit / raw env (1 env): {pg / raw1:.0%}")
+    print(f"pgkit fast preset / raw vector env: {pf / rawn:.0%}")
+
+
+if __name__ == "__main__":
+    main()
