@@ -145,7 +145,8 @@ def main() -> None:
         rows.append(("SB3 PPO, 1 env, same hyperparameters", sb3))
     rawn = isolated(raw_env_sps, args.env, fast_envs, fast_vec, 40000)
     rows.append((f"raw vector env, {fast_envs} {fast_vec} envs, random actions", rawn))
-    pf = isolated(pgkit_sps, args.fast_config, [f"env.id={args.env}"], args.fast_steps, fast["trainer"]["torch_threads"])
+    fast_threads = fast["trainer"]["torch_threads"]
+    pf = isolated(pgkit_sps, args.fast_config, [f"env.id={args.env}"], args.fast_steps, fast_threads)
     rows.append((f"pgkit PPO fast preset ({args.fast_config})", pf))
 
     width = max(len(name) for name, _ in rows)

@@ -1,4 +1,4 @@
-"""``pgkit`` command line: fit, eval, validate, schema, list.
+"""``pgkit`` command line: fit, eval, bench, validate, schema, list.
 
 Exit codes: 0 success; 1 the run failed (its last checkpoint is kept); 2 bad input (config, override, checkpoint
 path), reported as one line on stderr without a traceback.
@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="reset seed (default: the evaluation seed of the run)")
     p.add_argument("--video", metavar="DIR", help="also record the episodes as videos in DIR")
     p.add_argument("--json", action="store_true", help="print JSON: mean_return, std_return, episodes")
+
+    p = sub.add_parser("bench", help="run a benchmark suite: every (algorithm, env, seed), then tables and curves")
+    p.add_argument("--suite", required=True, metavar="FILE", help="suite YAML, e.g. configs/suites/mujoco-1m.yaml")
+    p.add_argument("--algorithms", metavar="A,B", help="only these algorithms of the suite (comma-separated)")
+    p.add_argument("--envs", metavar="E,F", help="only these envs of the suite (comma-separated)")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds 1..N per (algorithm, env) (default: the suite's)")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel runs (default: the number of cores)")
+    p.add_argument("--output", metavar="DIR", help="results directory (default bench/<suite name>)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: each config's)")
 
     p = sub.add_parser("validate", help="check a config without training")
     _config_args(p, required=True)
@@ -111,6 +120,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pgkit.bench import run_suite
+
+    summary = run_suite(
+        args.suite, args.output, args.algorithms, args.envs, args.seeds, args.workers, args.tracking_uri
+    )
+    if summary.failed:
+        print(f"pgkit bench: {len(summary.failed)} runs failed: {', '.join(summary.failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from pgkit.config_loading import load_config
 
@@ -144,7 +165,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "validate": cmd_validate, "schema": cmd_schema, "list": cmd_list}
+COMMANDS = {
+    "fit": cmd_fit,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "validate": cmd_validate,
+    "schema": cmd_schema,
+    "list": cmd_list,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -168,6 +168,8 @@ class LoggerConfig(BaseModel):
     """MLflow experiment name."""
     run_name: str | None = None
     """MLflow run name; defaults to ``<algorithm>-<env id>-s<seed>``."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Extra MLflow run tags. Every run is also tagged ``pgkit.algorithm``, ``pgkit.env`` and ``pgkit.seed``."""
 
 
 class CheckpointConfig(BaseModel):

@@ -28,6 +28,8 @@ class FitResult:
     env_steps: int
     episode_returns: list[float]
     """Returns of every training episode this process finished, in order."""
+    episode_steps: list[int]
+    """For each of ``episode_returns``, the env-step count at the end of the iteration in which it finished."""
 
 
 def quiet_lightning() -> None:
@@ -55,6 +57,12 @@ def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | Non
         tracking_uri=cfg.logger.tracking_uri,
         run_id=run_id,
         log_model=False,
+        tags={
+            "pgkit.algorithm": cfg.algorithm.name,
+            "pgkit.env": cfg.env.id,
+            "pgkit.seed": str(cfg.trainer.seed),
+            **cfg.logger.tags,
+        },
     )
 
 
@@ -120,4 +128,5 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         mlflow_run_id=logger.run_id if logger is not None else None,
         env_steps=int(module.env_steps),
         episode_returns=list(module.episode_returns),
+        episode_steps=list(module.episode_steps),
     )

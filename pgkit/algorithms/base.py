@@ -103,6 +103,7 @@ class OnPolicyModule(L.LightningModule):
         self._next_obs: Tensor | None = None
         self.buffer: TensorDict | None = None
         self.episode_returns: list[float] = []  # every training episode finished in this process, in order
+        self.episode_steps: list[int] = []  # env_steps at the end of the iteration in which each one finished
         self.last_metrics: dict[str, float] = {}
         self._rows: dict[tuple[str, ...], list[Tensor]] = {}
         self._count = 0
@@ -255,6 +256,7 @@ class OnPolicyModule(L.LightningModule):
         self.env_steps += self.steps_taken * self.num_envs * self.trainer.world_size
         steps = int(self.env_steps)
         self.episode_returns.extend(r for r, _ in episodes)
+        self.episode_steps.extend([steps] * len(episodes))
         b = self.buffer
         metrics = {}
         if self.has_critic:
