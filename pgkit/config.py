@@ -150,6 +150,13 @@ class TrainerConfig(BaseModel):
     """Lightning accelerator. Small MLP policies are usually fastest on CPU."""
     devices: int = Field(1, ge=1, le=1024)
     """Devices (processes) per node."""
+    compile: Literal["auto"] | bool = "auto"
+    """``torch.compile`` the acting step and the update's loss: ``auto`` compiles on CUDA and stays eager on CPU
+    (where per-call overheads of small policies dominate and compiling measured no faster); ``true`` compiles on
+    any device (CPU needs a C++ compiler); ``false`` never compiles."""
+    cuda_graphs: bool = True
+    """When compiling on CUDA, also capture CUDA graphs (``mode="reduce-overhead"``): the acting step and the
+    minibatch loss have static shapes, so each replays as one graph launch."""
     torch_threads: PositiveInt | None = 1
     """``torch.set_num_threads`` per process. Small MLP policies run fastest on one thread (intra-op threading costs
     more than it saves at these sizes); raise it for large networks, or null for torch's default."""

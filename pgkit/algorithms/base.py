@@ -112,6 +112,7 @@ class OnPolicyModule(L.LightningModule):
         self.rollout_metrics: dict[str, float] = {}
         self.flat: TensorDict | None = None
         self.steps_taken = self.cfg.algorithm.num_steps  # rows of the buffer the last rollout filled
+        self._graph_steps = False  # compiled with CUDA graphs (set by setup_compile)
 
     # ----------------------------------------------------------------------------------------------- environments
     def setup(self, stage: str) -> None:
@@ -195,11 +196,10 @@ class OnPolicyModule(L.LightningModule):
         for t in range(T):
             self.obs_normalizer.update(obs)
             norm_obs = self.obs_normalizer(obs)
-            dist, value = actor(norm_obs)
-            raw = dist.sample()
-            obs_b[t], act_b[t], logp_b[t], val_b[t] = norm_obs, raw, dist.log_prob(raw), value
-            env_action = self.action_adapter(dist, raw).cpu().numpy()
-            next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
+            self.mark_step()
+            raw, log_prob, value, env_action = self.policy_step(norm_obs)
+            obs_b[t], act_b[t], logp_b[t], val_b[t] = norm_obs, raw, log_prob, value
+            next_obs, reward, terminated, truncated, info = self.envs.step(env_action.cpu().numpy())
             done = terminated | truncated
             self.reward_scaler.update(reward, done)
             rew_b[t] = self.reward_scaler(reward)
@@ -248,6 +248,46 @@ class OnPolicyModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_start_time = time.perf_counter()
         self._fit_start_steps = int(self.env_steps)
+        self.setup_compile()
+
+    # ---------------------------------------------------------------------------------------------- torch.compile
+    @property
+    def compile_enabled(self) -> bool:
+        """Whether ``trainer.compile`` resolves to compiling on this module's device."""
+        setting = self.cfg.trainer.compile
+        return self.device.type == "cuda" if setting == "auto" else bool(setting)
+
+    def setup_compile(self, backend: str | None = None) -> None:
+        """Replace :meth:`policy_step` and :meth:`loss_terms` by compiled versions when compiling is on (called
+        once the module is on its device). ``backend`` forces compiling with that backend (tests use ``eager``)."""
+        if backend is None and not self.compile_enabled:
+            return
+        options: dict[str, Any] = {"dynamic": False}
+        if backend is not None:
+            options["backend"] = backend
+        elif self.device.type == "cuda" and self.cfg.trainer.cuda_graphs:
+            options["mode"] = "reduce-overhead"  # CUDA graphs: shapes are static per call site
+        self.policy_step = torch.compile(self.policy_step, **options)
+        self.loss_terms = torch.compile(self.loss_terms, **options)
+        self._graph_steps = options.get("mode") == "reduce-overhead"
+
+    def mark_step(self) -> None:
+        """Tell CUDA-graph trees a new step begins, so the previous step's graph outputs may be overwritten
+        (they are copied into the buffer or reduced before the next call)."""
+        if self._graph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def policy_step(self, norm_obs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One acting step on normalised observations: raw sample, its log-prob, the value and the env action.
+        A pure tensor function, so ``trainer.compile`` can compile it."""
+        dist, value = self.acting_policy(norm_obs)
+        raw = dist.sample()
+        return raw, dist.log_prob(raw), value, self.action_adapter(dist, raw)
+
+    def loss_terms(self, *tensors: Tensor) -> dict[str, Tensor]:
+        """The differentiable part of an algorithm's loss as a pure tensor function (compiled with
+        ``trainer.compile``); algorithms that route their loss through it override it."""
+        raise NotImplementedError
 
     def on_train_epoch_start(self) -> None:
         self._rows, self._count = {}, 0
@@ -287,6 +327,7 @@ class OnPolicyModule(L.LightningModule):
         max_grad_norm = self.cfg.algorithm.max_grad_norm
         # One gather for the whole iteration, then contiguous slices: indexing the buffer per minibatch costs more.
         for batch in self.flat[indices.reshape(-1)].split(indices.shape[1]):
+            self.mark_step()
             terms = self.compute_loss(batch)
             self.accumulate(terms)
             if terms["loss"] is None:

@@ -90,23 +90,34 @@ class PPO(OnPolicyModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps)
 
-    def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
+    def loss_terms(
+        self, obs: Tensor, action: Tensor, old_log_prob: Tensor, advantage: Tensor, old_value: Tensor, ret: Tensor
+    ) -> dict[str, Tensor]:
         algo = self.algo
-        dist, value = self.policy(batch["obs"])
-        advantage = normalize(batch["advantage"]) if algo.normalize_advantage else batch["advantage"]
-        entropy = dist.entropy()
+        dist, value = self.policy(obs)
+        if algo.normalize_advantage:
+            advantage = normalize(advantage)
         terms = ppo_loss(
-            dist.log_prob(batch["action"]),
-            batch["log_prob"],
+            dist.log_prob(action),
+            old_log_prob,
             advantage,
             value,
-            batch["value"],
-            batch["return"],
-            entropy,
+            old_value,
+            ret,
+            dist.entropy(),
             algo.clip_range,
             algo.clip_range_vf,
         )
-        loss = terms["loss_policy"] + algo.vf_coef * terms["loss_value"] + algo.ent_coef * terms["loss_entropy"]
+        weighted = algo.vf_coef * terms["loss_value"] + algo.ent_coef * terms["loss_entropy"]
+        terms["loss"] = terms["loss_policy"] + weighted
+        return terms
+
+    def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
+        algo = self.algo
+        terms = self.loss_terms(
+            batch["obs"], batch["action"], batch["log_prob"], batch["advantage"], batch["value"], batch["return"]
+        )
+        loss = terms["loss"]
         if algo.target_kl is not None and float(terms["approx_kl"]) > 1.5 * algo.target_kl:
             # As SB3: this minibatch already moved too far, so skip its step and end the iteration's updates.
             loss = None
@@ -114,7 +125,7 @@ class PPO(OnPolicyModule):
             "loss": loss,
             "policy_loss": terms["loss_policy"],
             "value_loss": terms["loss_value"],
-            "entropy": entropy.mean().detach(),
+            "entropy": -terms["loss_entropy"].detach(),
             "approx_kl": terms["approx_kl"],
             "clip_fraction": terms["clip_fraction"],
         }
