@@ -124,3 +124,18 @@ def test_heads_follow_action_space():
     assert isinstance(multi, MultiCategorical) and multi.sample().shape == (4, 2)
     with pytest.raises(ValueError, match="cannot act"):
         make_head("normal", gym.spaces.Discrete(3), 8)
+
+
+@pytest.mark.parametrize("family", ["normal", "tanh_normal", "categorical", "multi_categorical"])
+def test_sample_with_log_prob_matches_log_prob_of_the_sample(family):
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(64, 3), torch.randn(64, 3) * 0.5
+    dist = {
+        "normal": lambda: Normal(mean, log_std),
+        "tanh_normal": lambda: TanhNormal(mean, log_std, -2 * torch.ones(3), 3 * torch.ones(3)),
+        "categorical": lambda: Categorical(torch.randn(64, 5)),
+        "multi_categorical": lambda: MultiCategorical(torch.randn(64, 7), [3, 4]),
+    }[family]()
+    raw, log_prob = dist.sample_with_log_prob()
+    assert log_prob.shape == (64,)
+    torch.testing.assert_close(log_prob, dist.log_prob(raw), atol=1e-5, rtol=1e-5)

@@ -281,8 +281,8 @@ class OnPolicyModule(L.LightningModule):
         """One acting step on normalised observations: raw sample, its log-prob, the value and the env action.
         A pure tensor function, so ``trainer.compile`` can compile it."""
         dist, value = self.acting_policy(norm_obs)
-        raw = dist.sample()
-        return raw, dist.log_prob(raw), value, self.action_adapter(dist, raw)
+        raw, log_prob = dist.sample_with_log_prob()
+        return raw, log_prob, value, self.action_adapter(dist, raw)
 
     def loss_terms(self, *tensors: Tensor) -> dict[str, Tensor]:
         """The differentiable part of an algorithm's loss as a pure tensor function (compiled with

@@ -39,6 +39,12 @@ class ActionDistribution(ABC):
     def kl(self, other: ActionDistribution) -> Tensor:
         """``KL(self || other)`` per row, shape ``[B]``, for a distribution of the same family."""
 
+    def sample_with_log_prob(self) -> tuple[Tensor, Tensor]:
+        """A raw sample (no gradient) and its log-density; families override it where the sampling noise gives the
+        log-density in fewer ops (the rollout calls it once per env step)."""
+        raw = self.sample()
+        return raw, self.log_prob(raw)
+
     def to_env(self, raw: Tensor) -> Tensor:
         """Map a raw sample to the action given to the environment (identity unless overridden)."""
         return raw

@@ -32,6 +32,12 @@ class Normal(ActionDistribution):
         """Reparameterised sample (differentiable in mean and log-std)."""
         return self.mean + self.std * torch.randn_like(self.mean)
 
+    def sample_with_log_prob(self) -> tuple[Tensor, Tensor]:
+        """``raw = mean + std * z`` and its log-density ``sum(-z^2 / 2 - log_std - log sqrt(2 pi))`` from ``z``."""
+        with torch.no_grad():
+            z = torch.randn_like(self.mean)
+            return self.mean + self.std * z, (-0.5 * z * z - self.log_std).sum(dim=-1) - _LOG_SQRT_2PI * z.shape[-1]
+
     def log_prob(self, raw: Tensor) -> Tensor:
         z = (raw - self.mean) / self.std
         return (-0.5 * z.pow(2) - self.log_std - _LOG_SQRT_2PI).sum(dim=-1)
