@@ -30,6 +30,7 @@ from pgkit.environments import ObservationNormalizer, RewardScaler, flat_dim, ma
 from pgkit.environments.actions import ActionAdapter
 from pgkit.evaluation import EVAL_SEED_OFFSET, EvalResult, evaluate
 from pgkit.networks import ActorCritic
+from pgkit.networks.fused import FusedForward, fuse
 from pgkit.ops import explained_variance, gae
 
 if TYPE_CHECKING:
@@ -113,6 +114,10 @@ class OnPolicyModule(L.LightningModule):
         self.flat: TensorDict | None = None
         self.steps_taken = self.cfg.algorithm.num_steps  # rows of the buffer the last rollout filled
         self._graph_steps = False  # compiled with CUDA graphs (set by setup_compile)
+        self._compiled = False
+        #: Eager rollouts act through a fused copy of the acting network taken at the rollout's start (None: through
+        #: the network itself). A plain function, never a module, so it is no part of the module's state.
+        self.rollout_forward: FusedForward | None = None
 
     # ----------------------------------------------------------------------------------------------- environments
     def setup(self, stage: str) -> None:
@@ -190,6 +195,7 @@ class OnPolicyModule(L.LightningModule):
         # Observations, rewards and flags stay numpy on the host; the normalisers turn them into device tensors.
         obs = self._next_obs.numpy()
         actor = self.acting_policy
+        self.rollout_forward = None if self._compiled else fuse(actor)
         episodes: list[tuple[float, int]] = []
         any_end = np.zeros(self.num_envs, dtype=bool)
         self.steps_taken = T = self.cfg.algorithm.num_steps
@@ -267,6 +273,7 @@ class OnPolicyModule(L.LightningModule):
             options["backend"] = backend
         elif self.device.type == "cuda" and self.cfg.trainer.cuda_graphs:
             options["mode"] = "reduce-overhead"  # CUDA graphs: shapes are static per call site
+        self._compiled = True  # the compiler fuses the layers itself: act through the modules
         self.policy_step = torch.compile(self.policy_step, **options)
         self.loss_terms = torch.compile(self.loss_terms, **options)
         self._graph_steps = options.get("mode") == "reduce-overhead"
@@ -280,7 +287,7 @@ class OnPolicyModule(L.LightningModule):
     def policy_step(self, norm_obs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One acting step on normalised observations: raw sample, its log-prob, the value and the env action.
         A pure tensor function, so ``trainer.compile`` can compile it."""
-        dist, value = self.acting_policy(norm_obs)
+        dist, value = (self.rollout_forward or self.acting_policy)(norm_obs)
         raw, log_prob = dist.sample_with_log_prob()
         return raw, log_prob, value, self.action_adapter(dist, raw)
 

@@ -68,10 +68,18 @@ class GaussianHead(nn.Module):
         self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32).flatten())
         self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32).flatten())
 
+    def linears(self) -> list[nn.Linear]:
+        """The linear layers applied to the latent, in the order :meth:`from_outputs` takes their outputs."""
+        return [self.mean, self.log_std] if self.state_dependent else [self.mean]
+
     def forward(self, latent: Tensor) -> ActionDistribution:
-        mean = self.mean(latent)
+        return self.from_outputs([layer(latent) for layer in self.linears()])
+
+    def from_outputs(self, outputs: list[Tensor]) -> ActionDistribution:
+        """The distribution from the outputs of :meth:`linears` (also fed by the fused rollout forward)."""
+        mean = outputs[0]
         if self.state_dependent:
-            log_std = self.log_std(latent).clamp(_LOG_STD_MIN, _LOG_STD_MAX)
+            log_std = outputs[1].clamp(_LOG_STD_MIN, _LOG_STD_MAX)
         else:
             log_std = self.log_std_param.expand_as(mean)
         if self.squash:
@@ -87,8 +95,16 @@ class CategoricalHead(nn.Module):
         self.nvec = nvec
         self.logits = _linear(latent_dim, sum(nvec), gain)
 
+    def linears(self) -> list[nn.Linear]:
+        """The linear layers applied to the latent, in the order :meth:`from_outputs` takes their outputs."""
+        return [self.logits]
+
     def forward(self, latent: Tensor) -> ActionDistribution:
-        logits = self.logits(latent)
+        return self.from_outputs([self.logits(latent)])
+
+    def from_outputs(self, outputs: list[Tensor]) -> ActionDistribution:
+        """The distribution from the outputs of :meth:`linears` (also fed by the fused rollout forward)."""
+        logits = outputs[0]
         if len(self.nvec) == 1:
             return Categorical(logits)
         return MultiCategorical(logits, self.nvec)
