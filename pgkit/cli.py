@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
-        print(str(exc), file=sys.stderr)
+        # One line whatever the message quotes (an env's exception text, a key with a newline in it).
+        print(" ".join(str(exc).splitlines()), file=sys.stderr)
         return 2
 
 

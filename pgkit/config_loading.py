@@ -99,6 +99,12 @@ def _suggest(loc: tuple[Any, ...], algo_name: str | None) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(model.model_fields)}"
 
 
+def _key(part: Any) -> str:
+    """A path component as written in the file, quoted when it is not a plain printable name."""
+    text = str(part)
+    return text if text.isprintable() and text.strip() == text and "." not in text and text else repr(text)
+
+
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -109,7 +115,7 @@ def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> str:
     errors = exc.errors(include_url=False)
     err = errors[0]
     loc = _clean_loc(tuple(err["loc"]))
-    field = ".".join(str(p) for p in loc)
+    field = ".".join(_key(p) for p in loc)
     kind, value = err["type"], err.get("input")
     algo = data.get("algorithm")
     algo_name = algo.get("name") if isinstance(algo, dict) else None
