@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import urllib.parse
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts
 from pgkit.checkpoints import load_checkpoint, load_weights
 from pgkit.config import ExperimentConfig
+from pgkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,37 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", pattern)
 
 
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, as bad input, when an HTTP tracking server does not answer its health check (MLflow's own client
+    would retry for minutes, after the Trainer is built) or a sqlite store's directory does not exist."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=timeout) as response:
+                if response.status == 200:
+                    return
+                problem = f"HTTP {response.status}"
+        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, malformed URLs
+            problem = str(getattr(exc, "reason", exc))
+        raise ConfigError(
+            f"config error: logger.tracking_uri: no MLflow tracking server answers at {uri} ({problem}); start one "
+            f"with `mlflow server --host 127.0.0.1 --port PORT`, or use sqlite:///mlflow.db (got {uri!r})"
+        )
+    if parsed.scheme == "sqlite":
+        db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        if db is not None and str(db) != ":memory:" and not db.parent.exists():
+            raise ConfigError(
+                f"config error: logger.tracking_uri: directory {str(db.parent)!r} of the sqlite store does not exist "
+                f"(got {uri!r})"
+            )
+
+
 def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | None:
     """The MLflow logger, continuing ``run_id`` when resuming."""
     if not cfg.logger.enabled:
         return None
+    check_tracking_uri(cfg.logger.tracking_uri)
     return MLFlowLogger(
         experiment_name=cfg.logger.experiment_name,
         run_name=cfg.logger.run_name or cfg.default_run_name,
@@ -74,13 +104,13 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     L.seed_everything(cfg.trainer.seed, workers=False, verbose=False)
     loaded = load_checkpoint(resume) if resume else None
     run_id = loaded.mlflow_run_id if loaded else None
+    logger = make_logger(cfg, run_id)  # before the module and envs: a bad tracking URI fails in seconds
 
     output_dir = Path(cfg.trainer.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     module = cfg.init()
     if loaded is not None:  # fail as bad input before training, not deep inside Lightning's restore
         load_weights(module, loaded)
-    logger = make_logger(cfg, run_id)
     callbacks: list[L.Callback] = [
         EnvStepProgressBar(),
         LastCheckpoint(checkpoint_dir / "last.ckpt", cfg.checkpoint.every_n_iterations),

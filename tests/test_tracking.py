@@ -1,0 +1,97 @@
+"""MLflow tracking stores that cannot work are bad input, reported before any training."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fit(tmp_path, uri: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pgkit", "fit", "--config", str(ROOT / "configs" / "ppo-cartpole.yaml"),
+           "--set", f"logger.tracking_uri={uri}", "--set", f"trainer.output_dir={tmp_path / 'run'}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_unreachable_server_exits_2_in_seconds_before_training(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.perf_counter()
+    proc = _fit(tmp_path, uri)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith(f"config error: logger.tracking_uri: no MLflow tracking server answers at {uri}")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert elapsed < 30  # interpreter start and imports included; MLflow's own retries would take minutes
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_sqlite_store_in_a_missing_directory_exits_2(tmp_path):
+    proc = _fit(tmp_path, f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}")
+    assert proc.returncode == 2
+    assert "logger.tracking_uri: directory" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_training_against_a_real_mlflow_server(tmp_path):
+    """`mlflow server` on a free port with a temp sqlite backend and artifact root; a tiny run logs to it and is read
+    back with MlflowClient: params, metrics, the config YAML and the checkpoint."""
+    from mlflow import MlflowClient
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )
+    try:
+        import urllib.request
+
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, "mlflow server exited"
+            assert time.time() < deadline, "mlflow server did not start in 90 s"
+            time.sleep(0.5)
+        cmd = [sys.executable, "-m", "pgkit", "fit", "--config", str(ROOT / "configs" / "ppo-cartpole.yaml"),
+               "--set", f"logger.tracking_uri={uri}", "--set", "logger.experiment_name=served",
+               "--set", "trainer.total_timesteps=1024", "--set", "eval.every_n_iterations=2",
+               "--set", f"trainer.output_dir={tmp_path / 'run'}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("served")
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert run.info.status == "FINISHED"
+        assert run.data.params["algorithm.name"] == "ppo" and run.data.params["env.id"] == "CartPole-v1"
+        assert run.data.tags["pgkit.algorithm"] == "ppo"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/policy_loss")]
+        assert steps == [256 * i for i in range(1, 5)]  # 4 iterations of 32 steps x 8 envs, keyed by env steps
+        assert len(client.get_metric_history(run.info.run_id, "eval/mean_return")) == 2
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "checkpoints"} <= names
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/last.ckpt"]
+        local = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+        import yaml
+
+        assert yaml.safe_load(Path(local).read_text())["trainer"]["total_timesteps"] == 1024
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
