@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -152,4 +157,52 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         iteration = trainer.current_epoch + 1
         if iteration % self.every == 0 or trainer.should_stop or iteration >= (trainer.max_epochs or 0):
-            trainer.save_checkpoint(self.path, weights_only=False)
+            save_atomically(trainer, self.path)
+
+
+def save_atomically(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` to a temporary file, then rename it over ``path``: a kill mid-write leaves the
+    previous checkpoint whole (Lightning writes the target file in place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_checkpoint(tmp, weights_only=False)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+
+
+class StopOnSignal(L.Callback):
+    """SIGINT or SIGTERM ends training after the current iteration, whose checkpoint is then written.
+
+    A second signal abandons the iteration at once (``KeyboardInterrupt``); the last checkpoint written stays.
+    Handlers are installed for the duration of ``fit`` (main thread only) and the previous ones restored after.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Install the handlers (no-op off the main thread, where Python cannot receive signals)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # second signal: abandon the iteration
+        self.signum = signum
+        print(
+            f"\npgkit: received {signal.Signals(signum).name}; stopping after this iteration "
+            "(send it again to abandon the iteration)",
+            file=sys.stderr,
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.signum is not None:
+            trainer.should_stop = True  # LastCheckpoint (which runs after this) saves when should_stop is set

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgkit.errors import UserError
+from pgkit.errors import Interrupted, UserError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -75,6 +76,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         result = fit(cfg, resume=args.resume)
     except UserError:
         raise
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"pgkit: stopped by {name}; last checkpoint {exc.checkpoint}; MLflow run marked KILLED", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(
             f"pgkit: interrupted; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}",

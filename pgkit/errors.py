@@ -7,3 +7,11 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """An invalid config file, field or override."""
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing its checkpoint; exit code ``128 + signum``."""
+
+    def __init__(self, signum: int, checkpoint: str) -> None:
+        super().__init__(f"interrupted by signal {signum}; last checkpoint {checkpoint}")
+        self.signum, self.checkpoint = signum, checkpoint

@@ -14,10 +14,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
-from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts
+from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts, StopOnSignal
 from pgkit.checkpoints import load_checkpoint, load_weights
 from pgkit.config import ExperimentConfig
-from pgkit.errors import ConfigError
+from pgkit.errors import ConfigError, Interrupted
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,7 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     if loaded is not None:  # fail as bad input before training, not deep inside Lightning's restore
         load_weights(module, loaded)
     callbacks: list[L.Callback] = [
+        StopOnSignal(),
         EnvStepProgressBar(),
         LastCheckpoint(checkpoint_dir / "last.ckpt", cfg.checkpoint.every_n_iterations),
     ]
@@ -149,7 +150,19 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         default_root_dir=output_dir,
         use_distributed_sampler=False,
     )
-    trainer.fit(module, ckpt_path=str(resume) if resume else None)
+    stop = next(c for c in callbacks if isinstance(c, StopOnSignal))
+    stop.install()
+    try:
+        trainer.fit(module, ckpt_path=str(resume) if resume else None)
+    except SystemExit:  # Lightning's SIGTERM stop, raised after the iteration (and its checkpoint) completed
+        if stop.signum is None:
+            raise
+    finally:
+        stop.restore()
+    if stop.signum is not None:
+        if logger is not None and logger.run_id is not None:
+            logger.experiment.set_terminated(logger.run_id, "KILLED")
+        raise Interrupted(stop.signum, str(checkpoint_dir / "last.ckpt"))
     best_path = checkpoint_dir / "best.ckpt"
     return FitResult(
         output_dir=output_dir,
