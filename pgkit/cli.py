@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgkit.errors import Interrupted, UserError
+from pgkit.errors import Interrupted, TrainingError, UserError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -80,6 +80,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         name = signal.Signals(exc.signum).name
         print(f"pgkit: stopped by {name}; last checkpoint {exc.checkpoint}; MLflow run marked KILLED", file=sys.stderr)
         return 128 + exc.signum
+    except TrainingError as exc:
+        print(f"pgkit: run failed: {exc}; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             f"pgkit: interrupted; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}",

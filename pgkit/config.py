@@ -150,6 +150,10 @@ class TrainerConfig(BaseModel):
     """Lightning accelerator. Small MLP policies are usually fastest on CPU."""
     devices: int = Field(1, ge=1, le=1024)
     """Devices (processes) per node."""
+    skip_nonfinite_batches: bool = False
+    """A minibatch whose loss (or, for PPO, gradient) is NaN or inf is skipped (and counted in
+    ``train/skipped_batches``) instead of stopping the run. Off: the run stops with exit 1 naming the first bad
+    quantity and the iteration, keeping the last checkpoint written before it."""
     compile: Literal["auto"] | bool = "auto"
     """``torch.compile`` the acting step and the update's loss: ``auto`` compiles on CUDA and stays eager on CPU
     (where per-call overheads of small policies dominate and compiling measured no faster); ``true`` compiles on

@@ -15,3 +15,8 @@ class Interrupted(Exception):
     def __init__(self, signum: int, checkpoint: str) -> None:
         super().__init__(f"interrupted by signal {signum}; last checkpoint {checkpoint}")
         self.signum, self.checkpoint = signum, checkpoint
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (non-finite numbers, a failing environment). The message is complete: the CLI prints
+    it without a traceback and exits 1; the last checkpoint written before it stays."""

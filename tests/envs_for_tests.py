@@ -73,3 +73,42 @@ class MultiDiscreteEnv(gym.Env):
         reward = float(np.sum(np.asarray(action) == self.hint))
         self.hint = np.array([self.np_random.integers(3), self.np_random.integers(2)])
         return self._obs(), reward, False, self.t >= 20, {}
+
+
+class FaultyEnv(gym.Env):
+    """Continuous toy env that misbehaves at global step ``at`` of the sub-env with reset seed index ``which``:
+    ``fault`` is ``nan_obs``, ``inf_reward``, ``huge_reward`` (finite, but overflows float32 returns) or ``raise``.
+
+    Sub-envs are told apart by their reset seed (pgkit seeds sub-env i with ``seed + i``), so ``which=1`` targets the
+    second sub-env of a run seeded 1 (seed 2).
+    """
+
+    def __init__(self, fault: str = "nan_obs", at: int = 50, which: int = 1, seed_base: int = 1) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.fault, self.at, self.target_seed = fault, at, seed_base + which
+        self.is_target = False
+        self.t = self.steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.is_target = seed == self.target_seed
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.steps += 1
+        obs = np.array([self.t / 10, float(action[0]), 1.0], np.float32)
+        reward = -float(action[0]) ** 2
+        if self.is_target and self.steps >= self.at:
+            if self.fault == "nan_obs":
+                obs[1] = np.nan
+            elif self.fault == "inf_reward":
+                reward = float("inf")
+            elif self.fault == "huge_reward" and self.steps == self.at:
+                reward = 3e38
+            elif self.fault == "raise":
+                raise RuntimeError("simulated physics blow-up")
+        return obs, reward, False, self.t >= 20, {}

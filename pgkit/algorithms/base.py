@@ -14,6 +14,7 @@ Subclasses implement ``compute_loss`` and ``configure_optimizers`` and nothing e
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from pgkit.checkpoints import checkpoint_metadata
 from pgkit.environments import ObservationNormalizer, RewardScaler, flat_dim, make_vec_env, seed_list
 from pgkit.environments.actions import ActionAdapter
+from pgkit.errors import TrainingError
 from pgkit.evaluation import EVAL_SEED_OFFSET, EvalResult, evaluate
 from pgkit.networks import ActorCritic
 from pgkit.networks.fused import FusedForward, fuse
@@ -108,6 +110,7 @@ class OnPolicyModule(L.LightningModule):
         self.last_metrics: dict[str, float] = {}
         self._rows: dict[tuple[str, ...], list[Tensor]] = {}
         self._count = 0
+        self._skipped = 0  # minibatches skipped this iteration (trainer.skip_nonfinite_batches)
         self._fit_start_time = 0.0
         self._fit_start_steps = 0
         self.rollout_metrics: dict[str, float] = {}
@@ -205,7 +208,14 @@ class OnPolicyModule(L.LightningModule):
             self.mark_step()
             raw, log_prob, value, env_action = self.policy_step(norm_obs)
             obs_b[t], act_b[t], logp_b[t], val_b[t] = norm_obs, raw, log_prob, value
-            next_obs, reward, terminated, truncated, info = self.envs.step(env_action.cpu().numpy())
+            try:
+                next_obs, reward, terminated, truncated, info = self.envs.step(env_action.cpu().numpy())
+            except Exception as exc:
+                raise TrainingError(
+                    f"env {self.cfg.env.id} failed at iteration {self.current_epoch + 1}: {exc}"
+                ) from exc
+            if not (np.isfinite(next_obs).all() and np.isfinite(reward).all()):
+                self._reject_nonfinite_step(next_obs, reward)
             done = terminated | truncated
             self.reward_scaler.update(reward, done)
             rew_b[t] = self.reward_scaler(reward)
@@ -229,6 +239,14 @@ class OnPolicyModule(L.LightningModule):
         self._next_obs = torch.from_numpy(obs)
         self.compute_targets(b, actor.value(self.obs_normalizer(obs)))
         return episodes
+
+    def _reject_nonfinite_step(self, obs: np.ndarray, reward: np.ndarray) -> None:
+        bad_obs = np.flatnonzero(~np.isfinite(np.asarray(obs, dtype=np.float64)).reshape(len(reward), -1).all(1))
+        what, where = ("observation", bad_obs) if bad_obs.size else ("reward", np.flatnonzero(~np.isfinite(reward)))
+        raise TrainingError(
+            f"non-finite {what} from env {self.cfg.env.id} sub-env {int(where[0])} at iteration "
+            f"{self.current_epoch + 1}"
+        )
 
     def compute_targets(self, b: TensorDict, last_value: Tensor) -> None:
         """Fill ``b["advantage"]`` and ``b["return"]`` (and ``b["mask"]`` if some steps must not count).
@@ -297,7 +315,7 @@ class OnPolicyModule(L.LightningModule):
         raise NotImplementedError
 
     def on_train_epoch_start(self) -> None:
-        self._rows, self._count = {}, 0
+        self._rows, self._count, self._skipped = {}, 0, 0
         self.anneal_learning_rates()
         episodes = self.collect_rollout()
         self.env_steps += self.steps_taken * self.num_envs * self.trainer.world_size
@@ -324,25 +342,45 @@ class OnPolicyModule(L.LightningModule):
             self.minibatch_updates(indices)
             return None
         terms = self.compute_loss(self.flat[indices])
+        if self.skip_batch(terms["loss"]):
+            return None
         self.accumulate(terms)
         return terms["loss"]
+
+    def skip_batch(self, *quantities: Tensor | None) -> bool:
+        """With ``trainer.skip_nonfinite_batches``, whether to skip this minibatch (counted) because one of
+        ``quantities`` is NaN or inf. Costs a host sync, so only checked when the flag is on."""
+        if not self.cfg.trainer.skip_nonfinite_batches:
+            return False
+        if all(q is None or bool(torch.isfinite(q).all()) for q in quantities):
+            return False
+        self._skipped += 1
+        return True
 
     def minibatch_updates(self, indices: Tensor) -> None:
         """One optimizer step per row of ``indices`` (``fused_minibatches``). A ``None`` loss skips that step and
         ends the iteration's updates (PPO's target-KL stop)."""
         optimizer = self.optimizers()
         max_grad_norm = self.cfg.algorithm.max_grad_norm
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         # One gather for the whole iteration, then contiguous slices: indexing the buffer per minibatch costs more.
         for batch in self.flat[indices.reshape(-1)].split(indices.shape[1]):
             self.mark_step()
             terms = self.compute_loss(batch)
-            self.accumulate(terms)
-            if terms["loss"] is None:
+            loss = terms["loss"]
+            if loss is None:
+                self.accumulate(terms)
                 break
+            if self.skip_batch(loss):
+                continue
             optimizer.zero_grad()
-            self.manual_backward(terms["loss"])
+            self.manual_backward(loss)
             if max_grad_norm is not None:
-                self.clip_gradients(optimizer, max_grad_norm, "norm")
+                # torch's clip directly (fp32 only, nothing to unscale), for the norm it returns: logged, checked.
+                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                if self.skip_batch(terms["grad_norm"]):
+                    continue
+            self.accumulate(terms)
             optimizer.step()
 
     def accumulate(self, terms: dict[str, Tensor | None]) -> None:
@@ -364,12 +402,20 @@ class OnPolicyModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         metrics = dict(self.rollout_metrics)
+        iteration = self.current_epoch + 1
         if self._count:
             sums = self.iteration_sums
             keys = list(sums)
             values = torch.stack([sums[k] for k in keys]).div(self._count).tolist()
+            bad = next((k for k, v in zip(keys, values, strict=True) if not math.isfinite(v)), None)
+            if bad is not None:  # raised before LastCheckpoint runs: the checkpoint on disk predates the bad update
+                raise TrainingError(
+                    f"non-finite {bad} at iteration {iteration} (env step {int(self.env_steps)}); set "
+                    "trainer.skip_nonfinite_batches: true to skip such minibatches instead"
+                )
             metrics.update({f"train/{k}": v for k, v in zip(keys, values, strict=True) if k != "loss"})
-        iteration = self.current_epoch + 1
+        if self.cfg.trainer.skip_nonfinite_batches:
+            metrics["train/skipped_batches"] = float(self._skipped)
         last = int(self.env_steps) >= self.step_budget
         if last:  # the budget is in env steps; rollouts that stop early (episode batches) need more iterations
             self.trainer.should_stop = True

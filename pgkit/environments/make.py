@@ -88,6 +88,31 @@ def make_env(
     return env
 
 
+class SubEnvError(RuntimeError):
+    """An exception raised inside one sub-environment, with its index in the message (a plain message, so
+    ``AsyncVectorEnv`` can rebuild it in the parent process)."""
+
+
+class IndexedEnv(gym.Wrapper):
+    """Re-raises a sub-env's exceptions from ``step``/``reset`` as :class:`SubEnvError` naming its index."""
+
+    def __init__(self, env: gym.Env, index: int) -> None:
+        super().__init__(env)
+        self.index = index
+
+    def step(self, action):
+        try:
+            return self.env.step(action)
+        except Exception as exc:
+            raise SubEnvError(f"sub-env {self.index} step: {exc.__class__.__name__}: {exc}") from exc
+
+    def reset(self, **kwargs):
+        try:
+            return self.env.reset(**kwargs)
+        except Exception as exc:
+            raise SubEnvError(f"sub-env {self.index} reset: {exc.__class__.__name__}: {exc}") from exc
+
+
 def make_vec_env(
     env_id: str,
     num_envs: int,
@@ -97,7 +122,9 @@ def make_vec_env(
 ) -> gym.vector.VectorEnv:
     """A vector env that autoresets in the same step (the real final observation is in ``info["final_obs"]``)
     and records episode returns and lengths of the raw rewards."""
-    fns: list[Callable[[], gym.Env]] = [lambda: make_env(env_id, kwargs, max_episode_steps) for _ in range(num_envs)]
+    fns: list[Callable[[], gym.Env]] = [
+        lambda i=i: IndexedEnv(make_env(env_id, kwargs, max_episode_steps), i) for i in range(num_envs)
+    ]
     cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
     envs = cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
