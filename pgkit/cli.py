@@ -97,6 +97,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if result.rank != 0:  # DDP: rank 0 reports
+        return 0
     print(f"done: {result.env_steps} env steps; last checkpoint {result.last_checkpoint}")
     if result.best_checkpoint is not None:
         print(f"best checkpoint (by evaluation return): {result.best_checkpoint}")

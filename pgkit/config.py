@@ -150,6 +150,11 @@ class TrainerConfig(BaseModel):
     """Lightning accelerator. Small MLP policies are usually fastest on CPU."""
     devices: int = Field(1, ge=1, le=1024)
     """Devices (processes) per node."""
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    """Lightning strategy. With ``devices`` (or ``num_nodes``) above 1, ``ddp`` runs one process per device, each
+    with its own envs and rollout; gradients are averaged and normaliser statistics merged every iteration."""
+    num_nodes: int = Field(1, ge=1, le=4096)
+    """Machines taking part (Lightning's ``num_nodes``; launch with torchrun or SLURM, see docs/distributed.md)."""
     skip_nonfinite_batches: bool = False
     """A minibatch whose loss (or, for PPO, gradient) is NaN or inf is skipped (and counted in
     ``train/skipped_batches``) instead of stopping the run. Off: the run stops with exit 1 naming the first bad
@@ -260,8 +265,9 @@ class ExperimentConfig(BaseModel):
 
     @property
     def num_iterations(self) -> int:
-        """Policy iterations (Lightning epochs): ``total_timesteps // (batch_size * devices)``."""
-        return max(1, self.trainer.total_timesteps // (self.batch_size * self.trainer.devices))
+        """Policy iterations (Lightning epochs): ``total_timesteps // (batch_size * devices * num_nodes)``."""
+        world = self.trainer.devices * self.trainer.num_nodes
+        return max(1, self.trainer.total_timesteps // (self.batch_size * world))
 
     def init(self):
         """Build the algorithm's LightningModule for this config."""

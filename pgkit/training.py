@@ -31,6 +31,8 @@ class FitResult:
     env_steps: int
     episode_returns: list[float]
     """Returns of every training episode this process finished, in order."""
+    rank: int
+    """This process's global rank (0 without DDP); only rank 0 logs and checkpoints."""
     episode_steps: list[int]
     """For each of ``episode_returns``, the env-step count at the end of the iteration in which it finished."""
 
@@ -46,6 +48,8 @@ def quiet_lightning() -> None:
         ".*`training_step` returned `None`.*",  # deliberate: a target-KL stop skips that minibatch's step
         ".*Checkpoint directory .* exists and is not empty.*",
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",  # Lightning 2.6 with torch 2.13, harmless
+        ".*sync_dist=True.*",  # eval/mean_return is the same on every rank (same policy, same eval seeds)
+        ".*torch.distributed.nn.functional.all_gather is deprecated.*",  # inside Lightning's all_gather
     ):
         warnings.filterwarnings("ignore", pattern)
 
@@ -138,6 +142,8 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         max_epochs=module.max_iterations,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy,
         logger=logger if logger is not None else False,
         callbacks=callbacks,
         # Manual-optimisation algorithms (TRPO) clip their own gradients; Lightning refuses the option for them.
@@ -172,4 +178,5 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         env_steps=int(module.env_steps),
         episode_returns=list(module.episode_returns),
         episode_steps=list(module.episode_steps),
+        rank=trainer.global_rank,
     )

@@ -314,24 +314,43 @@ class OnPolicyModule(L.LightningModule):
         ``trainer.compile``); algorithms that route their loss through it override it."""
         raise NotImplementedError
 
+    @property
+    def distributed(self) -> bool:
+        """Whether this run has more than one process (DDP)."""
+        return self._trainer is not None and self.trainer.world_size > 1
+
     def on_train_epoch_start(self) -> None:
         self._rows, self._count, self._skipped = {}, 0, 0
         self.anneal_learning_rates()
+        rms = (self.obs_normalizer.rms, self.reward_scaler.return_rms)
+        snapshots = [r.snapshot() for r in rms] if self.distributed else []
         episodes = self.collect_rollout()
-        self.env_steps += self.steps_taken * self.num_envs * self.trainer.world_size
+        b = self.buffer
+        counted = b["mask"].bool()  # steps that enter the loss (all, except in REINFORCE's masked batches)
+        ev = explained_variance(b["value"][counted], b["return"][counted]) if self.has_critic else float("nan")
+        # This iteration's totals over ranks: steps, episodes (count, return and length sums), explained variance.
+        local = [self.steps_taken * self.num_envs, len(episodes), sum(r for r, _ in episodes),
+                 sum(n for _, n in episodes), float(ev)]
+        if self.distributed:
+            for r, snapshot in zip(rms, snapshots, strict=True):
+                r.merge_ranks(snapshot, self.all_gather)  # every rank and the checkpoint agree
+            gathered = self.all_gather(torch.tensor(local, dtype=torch.float64, device=self.device))
+            totals = gathered.sum(0).tolist()
+            totals[4] = float(gathered[:, 4].mean())
+        else:
+            totals = local
+        new_steps, n_episodes, return_sum, length_sum, ev = totals
+        self.env_steps += int(new_steps)
         steps = int(self.env_steps)
         self.episode_returns.extend(r for r, _ in episodes)
         self.episode_steps.extend([steps] * len(episodes))
-        b = self.buffer
         metrics = {}
         if self.has_critic:
-            counted = b["mask"].bool()  # steps that enter the loss (all, except in REINFORCE's masked batches)
-            ev = explained_variance(b["value"][counted], b["return"][counted])
-            metrics["train/explained_variance"] = float(ev)
+            metrics["train/explained_variance"] = ev
         metrics["train/learning_rate"] = self.trainer.optimizers[0].param_groups[0]["lr"]
-        if episodes:
-            metrics["rollout/episode_return"] = float(np.mean([r for r, _ in episodes]))
-            metrics["rollout/episode_length"] = float(np.mean([n for _, n in episodes]))
+        if n_episodes:
+            metrics["rollout/episode_return"] = return_sum / n_episodes
+            metrics["rollout/episode_length"] = length_sum / n_episodes
         elapsed = time.perf_counter() - self._fit_start_time
         metrics["time/sps"] = (steps - self._fit_start_steps) / max(elapsed, 1e-9)
         self.rollout_metrics = metrics
@@ -406,7 +425,10 @@ class OnPolicyModule(L.LightningModule):
         if self._count:
             sums = self.iteration_sums
             keys = list(sums)
-            values = torch.stack([sums[k] for k in keys]).div(self._count).tolist()
+            means = torch.stack([sums[k] for k in keys]).div(self._count)
+            if self.distributed:  # the mean over ranks (each rank's mean over its minibatches)
+                means = self.all_gather(means.double()).mean(0)
+            values = means.tolist()
             bad = next((k for k, v in zip(keys, values, strict=True) if not math.isfinite(v)), None)
             if bad is not None:  # raised before LastCheckpoint runs: the checkpoint on disk predates the bad update
                 raise TrainingError(
@@ -428,6 +450,27 @@ class OnPolicyModule(L.LightningModule):
         self.last_metrics = metrics
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=int(self.env_steps))
+
+    def on_train_end(self) -> None:
+        if self.distributed:
+            self.check_ranks_agree()
+
+    def check_ranks_agree(self) -> None:
+        """Raise :class:`TrainingError` unless every rank ends with the same parameters and normaliser statistics
+        (DDP averages gradients; :meth:`RunningMeanStd.merge_ranks` syncs the statistics)."""
+        # Everything but the per-env discounted returns of the reward scaler: those belong to each rank's own envs.
+        state = [
+            t.detach().double().flatten()
+            for key, t in self.state_dict().items()
+            if t.is_floating_point() and not key.endswith("reward_scaler.returns")
+        ]
+        checksum = torch.cat(state)
+        gathered = self.all_gather(torch.stack([checksum.sum(), checksum.abs().sum(), (checksum * checksum).sum()]))
+        if not bool((gathered == gathered[0]).all()):
+            raise TrainingError(f"DDP ranks ended with different parameters or statistics: {gathered.tolist()}")
+        if self.trainer.is_global_zero:
+            print(f"ddp: {self.trainer.world_size} ranks agree on parameters and normaliser statistics "
+                  f"(checksum {float(gathered[0][1]):.6f})")
 
     def run_evaluation(self) -> EvalResult:
         """Evaluate the current policy with frozen normalisers on the configured evaluation episodes."""

@@ -88,6 +88,35 @@ class RunningMeanStd(nn.Module):
             buffer[...] = value
 
 
+    def snapshot(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Copies of ``(mean, var, count)``, for :meth:`merge_ranks` after this process's updates."""
+        return self.mean.clone(), self.var.clone(), self.count.clone()
+
+    @torch.no_grad()
+    def merge_ranks(self, snapshot: tuple[Tensor, Tensor, Tensor], all_gather) -> None:
+        """Make every rank's statistics the same: each rank's data since ``snapshot`` (recovered by undoing the
+        merge) is gathered and merged, in rank order, into the snapshot. ``all_gather`` stacks a tensor from every
+        rank (``LightningModule.all_gather``)."""
+        mean0, var0, count0 = snapshot
+        count1 = self.count.clone()
+        n = count1 - count0
+        if float(n) > 0:
+            mean_b = (self.mean * count1 - mean0 * count0) / n
+            delta = mean_b - mean0
+            m2_b = self.var * count1 - var0 * count0 - delta * delta * (count0 * n / count1)
+            var_b = (m2_b / n).clamp_min(0.0)
+        else:
+            mean_b, var_b = torch.zeros_like(mean0), torch.zeros_like(var0)
+        gathered = all_gather(torch.stack([n.expand_as(mean_b), mean_b, var_b]))  # [world, 3, *shape]
+        mean, var, count = mean0, var0, count0
+        for rank_n, rank_mean, rank_var in gathered:
+            if float(rank_n.flatten()[0]) > 0:
+                mean, var, count = merge_moments(mean, var, count, rank_mean, rank_var, rank_n.flatten()[0])
+        self.mean.copy_(mean)
+        self.var.copy_(var)
+        self.count.copy_(count)
+
+
 class ObservationNormalizer(nn.Module):
     """``clip((obs - mean) / sqrt(var + eps), -clip, clip)`` with running statistics, computed in float64 and
     returned as float32."""
