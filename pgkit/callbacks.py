@@ -157,6 +157,7 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         iteration = trainer.current_epoch + 1
         if iteration % self.every == 0 or trainer.should_stop or iteration >= (trainer.max_epochs or 0):
+            pl_module.save_env_state(self.path)  # first, so a complete checkpoint always has its env state
             save_atomically(trainer, self.path)
 
 

@@ -115,6 +115,7 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     module = cfg.init()
     if loaded is not None:  # fail as bad input before training, not deep inside Lightning's restore
         load_weights(module, loaded)
+        module.resume_from = Path(resume)
     callbacks: list[L.Callback] = [
         StopOnSignal(),
         EnvStepProgressBar(),

@@ -15,13 +15,18 @@ Subclasses implement ``compute_loss`` and ``configure_optimizers`` and nothing e
 from __future__ import annotations
 
 import math
+import random
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gymnasium.vector import SyncVectorEnv
 from tensordict import TensorDict
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
@@ -34,6 +39,7 @@ from pgkit.evaluation import EVAL_SEED_OFFSET, EvalResult, evaluate
 from pgkit.networks import ActorCritic
 from pgkit.networks.fused import FusedForward, fuse
 from pgkit.ops import explained_variance, gae
+from pgkit.resume_state import load_env_state, save_env_state, sidecar_path
 
 if TYPE_CHECKING:
     from pgkit.config import ExperimentConfig
@@ -44,14 +50,26 @@ class MinibatchIndices(IterableDataset):
 
     With ``stacked`` it yields them all at once, as one ``[epochs * num_minibatches, size]`` tensor (the same
     permutations, drawn in the same order), for modules that loop over minibatches inside one training step.
+    ``generator`` is called at each pass for the permutations' generator (the module seeds one per iteration, so a
+    resumed run draws the same ones; Lightning prefetches the first batch before the iteration's hooks run).
     """
 
-    def __init__(self, batch_size: int, num_minibatches: int, epochs: int, stacked: bool = False) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        num_minibatches: int,
+        epochs: int,
+        stacked: bool = False,
+        generator: Callable[[], torch.Generator | None] = lambda: None,
+    ) -> None:
         self.batch_size, self.num_minibatches, self.epochs = batch_size, num_minibatches, epochs
-        self.stacked = stacked
+        self.stacked, self.generator = stacked, generator
 
     def __iter__(self):
-        parts = (torch.randperm(self.batch_size).view(self.num_minibatches, -1) for _ in range(self.epochs))
+        g = self.generator()
+        parts = (
+            torch.randperm(self.batch_size, generator=g).view(self.num_minibatches, -1) for _ in range(self.epochs)
+        )
         if self.stacked:
             yield torch.cat(list(parts))
         else:
@@ -118,6 +136,7 @@ class OnPolicyModule(L.LightningModule):
         self.steps_taken = self.cfg.algorithm.num_steps  # rows of the buffer the last rollout filled
         self._graph_steps = False  # compiled with CUDA graphs (set by setup_compile)
         self._compiled = False
+        self.resume_from: Path | None = None  # set by fit(resume=...): restore the env state saved with it
         #: Eager rollouts act through a fused copy of the acting network taken at the rollout's start (None: through
         #: the network itself). A plain function, never a module, so it is no part of the module's state.
         self.rollout_forward: FusedForward | None = None
@@ -135,6 +154,8 @@ class OnPolicyModule(L.LightningModule):
         obs, _ = self.envs.reset(seed=seeds)
         self.envs.action_space.seed(seeds[0])
         self._next_obs = torch.as_tensor(obs, dtype=torch.float32)
+        if self.resume_from is not None:
+            self.restore_env_state(self.resume_from)
 
     def teardown(self, stage: str) -> None:
         if self.envs is not None:
@@ -266,7 +287,9 @@ class OnPolicyModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------------- lightning hooks
     def train_dataloader(self) -> DataLoader:
         # Indices only, from the main process: the buffer lives on the training device.
-        dataset = MinibatchIndices(self.batch_size, self.num_minibatches, self.update_epochs, self.fused_minibatches)
+        dataset = MinibatchIndices(
+            self.batch_size, self.num_minibatches, self.update_epochs, self.fused_minibatches, self.index_generator
+        )
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     def on_fit_start(self) -> None:
@@ -319,8 +342,28 @@ class OnPolicyModule(L.LightningModule):
         """Whether this run has more than one process (DDP)."""
         return self._trainer is not None and self.trainer.world_size > 1
 
+    def iteration_seed(self, stream: int) -> int:
+        """A seed that depends on ``(trainer.seed, rank, iteration, stream)`` only."""
+        key = [self.cfg.trainer.seed, self.global_rank, self.current_epoch, stream]
+        return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+    def index_generator(self) -> torch.Generator:
+        """The generator of this iteration's minibatch permutations."""
+        return torch.Generator().manual_seed(self.iteration_seed(1))
+
+    def seed_iteration(self) -> None:
+        """Seed torch, numpy and Python's global generators for this iteration from ``iteration_seed``: each
+        iteration's randomness (action sampling, minibatch order) is a function of the seed, rank and iteration
+        alone, whatever consumed random numbers in between, so a resumed run draws exactly what the uninterrupted
+        run drew. (Lightning itself draws between iterations, and differently around a restore.)"""
+        seed = self.iteration_seed(0)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
     def on_train_epoch_start(self) -> None:
         self._rows, self._count, self._skipped = {}, 0, 0
+        self.seed_iteration()
         self.anneal_learning_rates()
         rms = (self.obs_normalizer.rms, self.reward_scaler.return_rms)
         snapshots = [r.snapshot() for r in rms] if self.distributed else []
@@ -487,9 +530,12 @@ class OnPolicyModule(L.LightningModule):
 
     def regress_value(
         self, optimizer: Any, obs: Tensor, targets: Tensor, epochs: int, batch_size: int, max_grad_norm: float | None
-    ) -> Tensor:
+    ) -> Tensor | None:
         """Fit the critic to ``targets`` with its own optimizer: ``epochs`` passes of minibatch MSE (manual
-        optimisation). Returns the mean loss."""
+        optimisation). Returns the mean loss, or None when there is nothing to fit (no complete episode in a
+        REINFORCE batch)."""
+        if obs.shape[0] == 0:
+            return None
         total, count = torch.zeros((), device=obs.device), 0
         for _ in range(epochs):
             for idx in torch.randperm(obs.shape[0], device=obs.device).split(batch_size):
@@ -505,6 +551,27 @@ class OnPolicyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The MLflow run id lets a resumed run continue the same run instead of starting a new curve at step 0.
         checkpoint["pgkit"] = checkpoint_metadata(getattr(self.logger, "run_id", None))
+
+
+    def save_env_state(self, checkpoint: Path) -> None:
+        """Write this rank's vector env and next observation next to ``checkpoint`` (see :mod:`pgkit.resume_state`;
+        sync vector envs only)."""
+        if not isinstance(self.envs.unwrapped if self.envs is not None else None, SyncVectorEnv):
+            return
+        state = {"envs": self.envs, "next_obs": self._next_obs.numpy(), "env_id": self.cfg.env.id}
+        save_env_state(sidecar_path(checkpoint, self.global_rank), state)
+
+    def restore_env_state(self, checkpoint: Path) -> None:
+        """Replace the freshly reset envs by the ones saved with ``checkpoint``, when their signed state verifies;
+        otherwise keep the fresh envs and say why (the run resumes, not bit-exactly)."""
+        state, reason = load_env_state(sidecar_path(checkpoint, self.global_rank))
+        if state is None or state.get("env_id") != self.cfg.env.id:
+            reason = reason or "it belongs to another env"
+            print(f"pgkit: resuming with freshly reset envs: {reason}", file=sys.stderr)
+            return
+        self.envs.close()
+        self.envs = state["envs"]
+        self._next_obs = torch.from_numpy(state["next_obs"])
 
     # ------------------------------------------------------------------------------------------------ subclasses
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:

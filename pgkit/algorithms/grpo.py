@@ -304,7 +304,9 @@ class GRPO(OnPolicyModule):
 
     def train_dataloader(self) -> DataLoader:
         # Minibatches of whole episodes (sub-env columns of the buffer), so sequence-level ratios see all steps.
-        dataset = MinibatchIndices(self.num_envs, self.num_minibatches, self.update_epochs)
+        dataset = MinibatchIndices(
+            self.num_envs, self.num_minibatches, self.update_epochs, generator=self.index_generator
+        )
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     def training_step(self, indices: Tensor, batch_idx: int) -> Tensor:

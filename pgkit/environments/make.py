@@ -112,6 +112,41 @@ class IndexedEnv(gym.Wrapper):
         except Exception as exc:
             raise SubEnvError(f"sub-env {self.index} reset: {exc.__class__.__name__}: {exc}") from exc
 
+    # Pickling (the env state saved for exact resume). gymnasium's MuJoCo envs pickle through EzPickle, which
+    # rebuilds them from their constructor arguments: fresh physics, fresh generator. Carry both across.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        base = self.env.unwrapped
+        state["_np_random"] = base._np_random
+        if _is_mujoco(base):
+            import mujoco
+
+            spec = mujoco.mjtState.mjSTATE_INTEGRATION
+            physics = np.empty(mujoco.mj_stateSize(base.model, spec))
+            mujoco.mj_getState(base.model, base.data, physics, spec)
+            state["_mujoco_physics"] = physics
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        np_random = state.pop("_np_random", None)
+        physics = state.pop("_mujoco_physics", None)
+        self.__dict__.update(state)
+        base = self.env.unwrapped
+        base._np_random = np_random
+        if physics is not None:
+            import mujoco
+
+            mujoco.mj_setState(base.model, base.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(base.model, base.data)
+
+
+def _is_mujoco(env: gym.Env) -> bool:
+    return hasattr(env, "model") and hasattr(env, "data") and type(env.data).__module__.startswith("mujoco")
+
+
+def _make_indexed(env_id: str, kwargs: dict[str, Any] | None, max_episode_steps: int | None, index: int) -> gym.Env:
+    return IndexedEnv(make_env(env_id, kwargs, max_episode_steps), index)
+
 
 def make_vec_env(
     env_id: str,
@@ -122,8 +157,9 @@ def make_vec_env(
 ) -> gym.vector.VectorEnv:
     """A vector env that autoresets in the same step (the real final observation is in ``info["final_obs"]``)
     and records episode returns and lengths of the raw rewards."""
+    # partials of a module-level function, not lambdas: a SyncVectorEnv must pickle (checkpointed env state)
     fns: list[Callable[[], gym.Env]] = [
-        lambda i=i: IndexedEnv(make_env(env_id, kwargs, max_episode_steps), i) for i in range(num_envs)
+        functools.partial(_make_indexed, env_id, kwargs, max_episode_steps, i) for i in range(num_envs)
     ]
     cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
     envs = cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
