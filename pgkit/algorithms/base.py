@@ -211,12 +211,16 @@ class OnPolicyModule(L.LightningModule):
         """Called after every env step with the vector env's ``info`` and ``terminated | truncated``."""
 
     def _collect(self, b: TensorDict) -> list[tuple[float, int]]:
-        obs_b, act_b, logp_b, rew_b = b["obs"], b["action"], b["log_prob"], b["reward"]
-        term_b, trunc_b, val_b, final_b = b["terminated"], b["truncated"], b["value"], b["final_value"]
+        obs_b, act_b, logp_b = b["obs"], b["action"], b["log_prob"]
+        val_b, final_b = b["value"], b["final_value"]
         final_b.zero_()
         dev = self.device
         self.begin_rollout()
         # Observations, rewards and flags stay numpy on the host; the normalisers turn them into device tensors.
+        # On CPU, rewards and flags are written through numpy views of the buffer (a numpy store costs ~1 us,
+        # a torch one ~4).
+        host = dev.type == "cpu"
+        rew_s, term_s, trunc_s = (b[k].numpy() if host else b[k] for k in ("reward", "terminated", "truncated"))
         obs = self._next_obs.numpy()
         actor = self.acting_policy
         self.rollout_forward = None if self._compiled else fuse(actor)
@@ -239,8 +243,11 @@ class OnPolicyModule(L.LightningModule):
                 self._reject_nonfinite_step(next_obs, reward)
             done = terminated | truncated
             self.reward_scaler.update(reward, done)
-            rew_b[t] = self.reward_scaler(reward)
-            term_b[t], trunc_b[t] = torch.as_tensor(terminated), torch.as_tensor(truncated)
+            rew_s[t] = self.reward_scaler.scale(reward)
+            if host:
+                term_s[t], trunc_s[t] = terminated, truncated
+            else:
+                term_s[t], trunc_s[t] = torch.as_tensor(terminated), torch.as_tensor(truncated)
             bootstrap = np.flatnonzero(truncated & ~terminated)
             if bootstrap.size:  # value of the real final observation, not of the auto-reset one
                 final_obs = np.stack(info["final_obs"][bootstrap]).astype(np.float32)

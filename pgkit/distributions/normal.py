@@ -36,7 +36,8 @@ class Normal(ActionDistribution):
         """``raw = mean + std * z`` and its log-density ``sum(-z^2 / 2 - log_std - log sqrt(2 pi))`` from ``z``."""
         with torch.no_grad():
             z = torch.randn_like(self.mean)
-            return self.mean + self.std * z, (-0.5 * z * z - self.log_std).sum(dim=-1) - _LOG_SQRT_2PI * z.shape[-1]
+            log_prob = z.square().mul_(-0.5).sub_(self.log_std).sum(dim=-1).sub_(_LOG_SQRT_2PI * z.shape[-1])
+            return torch.addcmul(self.mean, self.std, z), log_prob
 
     def log_prob(self, raw: Tensor) -> Tensor:
         z = (raw - self.mean) / self.std

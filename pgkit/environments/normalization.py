@@ -173,8 +173,12 @@ class RewardScaler(nn.Module):
 
     def forward(self, reward: Array) -> Tensor:
         """Scale rewards (tensor or numpy) by the current statistics into a float32 tensor; never changes them."""
+        return self.return_rms.as_output(self.scale(reward))
+
+    def scale(self, reward: Array) -> Array:
+        """:meth:`forward` in float64 and in the statistics' array kind (numpy on CPU): what the rollout stores."""
         rms = self.return_rms
         if not self.enabled:
-            return rms.as_output(reward.detach() if isinstance(reward, Tensor) else np.asarray(reward))
+            return rms.as_operand(reward)
         _, var, _ = rms.arrays()
-        return rms.as_output(standardize(rms.as_operand(reward), 0.0, var, self.clip))
+        return standardize(rms.as_operand(reward), 0.0, var, self.clip)
