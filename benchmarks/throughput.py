@@ -4,8 +4,9 @@ Run: ``pip install -e ".[bench]" -c constraints.txt && python benchmarks/through
 
 Both learners train PPO on one HalfCheetah-v5 env with 2048 steps per rollout, 10 epochs of minibatches of 64,
 observation and reward normalisation, [64, 64] tanh actor and critic, on CPU with the same ``torch.set_num_threads``,
-for the same number of steps. Each is timed around its whole training call (pgkit: ``fit`` with Trainer set-up and
-checkpointing; SB3: ``learn``), with MLflow logging and evaluation off. Also printed:
+for the same number of steps. Each is timed from construction to the end of training (pgkit: ``fit``, with its
+Trainer set-up and a checkpoint every iteration; SB3: env, ``VecNormalize`` and model construction, then ``learn``),
+with MLflow logging and evaluation off. The two alternate ``--repeats`` times; medians are reported. Also printed:
 
 - the raw SPS of the same env stepped with random actions (the physical limit of one env in one process);
 - pgkit's fastest preset (``configs/ppo-fast.yaml``), beside the raw SPS of the same vector env with random
@@ -20,6 +21,7 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +54,7 @@ def sb3_ppo_sps(env_id: str, steps: int, threads: int, seed: int) -> float:
     from stable_baselines3.common.vec_env import VecNormalize
 
     torch.set_num_threads(threads)
+    start = time.perf_counter()  # from construction, as pgkit's figure (which includes building its Trainer)
     env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), norm_obs=True, norm_reward=True, gamma=0.99)
     model = PPO(
         "MlpPolicy",
@@ -70,7 +73,6 @@ def sb3_ppo_sps(env_id: str, steps: int, threads: int, seed: int) -> float:
         seed=seed,
         verbose=0,
     )
-    start = time.perf_counter()
     model.learn(total_timesteps=steps)
     elapsed = time.perf_counter() - start
     return model.num_timesteps / elapsed
@@ -119,7 +121,8 @@ def isolated(fn, *args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="HalfCheetah-v5")
-    parser.add_argument("--steps", type=int, default=20480, help="training steps per learner (default 20480)")
+    parser.add_argument("--steps", type=int, default=40960, help="training steps per learner (default 40960)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each learner (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both learners")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fast-config", default="configs/ppo-fast.yaml")
@@ -133,18 +136,25 @@ def main() -> None:
     fast_envs, fast_vec = fast["env"]["num_envs"], fast["env"].get("vectorization", "sync")
 
     print(f"# {args.env}, {args.steps} steps per learner, torch threads {args.threads}, {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}")
+          f"{platform.processor() or platform.machine()}, {args.repeats} alternating repeats")
     rows: list[tuple[str, float]] = []
-    raw1 = isolated(raw_env_sps, args.env, 1, "sync", 20000)
-    rows.append(("raw env, 1 env, random actions", raw1))
-    pg = isolated(pgkit_sps, "configs/ppo.yaml", [f"env.id={args.env}"], args.steps, args.threads)
-    rows.append(("pgkit PPO, 1 env (configs/ppo.yaml)", pg))
+    raw1 = statistics.median(isolated(raw_env_sps, args.env, 1, "sync", 30000) for _ in range(3))
+    rows.append(("raw env, 1 env, random actions (median of 3)", raw1))
+    pgs, sb3s = [], []
+    for _ in range(args.repeats):
+        pgs.append(isolated(pgkit_sps, "configs/ppo.yaml", [f"env.id={args.env}"], args.steps, args.threads))
+        if not args.skip_sb3:
+            sb3s.append(isolated(sb3_ppo_sps, args.env, args.steps, args.threads, args.seed))
+    pg = statistics.median(pgs)
+    runs = ", ".join(f"{v:.0f}" for v in pgs)
+    rows.append((f"pgkit PPO, 1 env (configs/ppo.yaml), median of [{runs}]", pg))
     sb3 = None
-    if not args.skip_sb3:
-        sb3 = isolated(sb3_ppo_sps, args.env, args.steps, args.threads, args.seed)
-        rows.append(("SB3 PPO, 1 env, same hyperparameters", sb3))
-    rawn = isolated(raw_env_sps, args.env, fast_envs, fast_vec, 40000)
-    rows.append((f"raw vector env, {fast_envs} {fast_vec} envs, random actions", rawn))
+    if sb3s:
+        sb3 = statistics.median(sb3s)
+        runs = ", ".join(f"{v:.0f}" for v in sb3s)
+        rows.append((f"SB3 PPO, 1 env, same hyperparameters, median of [{runs}]", sb3))
+    rawn = statistics.median(isolated(raw_env_sps, args.env, fast_envs, fast_vec, 80000) for _ in range(3))
+    rows.append((f"raw vector env, {fast_envs} {fast_vec} envs, random actions (median of 3)", rawn))
     fast_threads = fast["trainer"]["torch_threads"]
     pf = isolated(pgkit_sps, args.fast_config, [f"env.id={args.env}"], args.fast_steps, fast_threads)
     rows.append((f"pgkit PPO fast preset ({args.fast_config})", pf))
