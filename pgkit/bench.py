@@ -234,6 +234,12 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     return record
 
 
+def finished_records(suite: SuiteConfig, out: Path) -> list[dict[str, Any]]:
+    """Every finished run of the suite in ``out``, whichever invocation (and selection) ran it."""
+    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))]
+    return [r for r in records if r["algorithm"] in suite.algorithms and r["env"] in suite.envs]
+
+
 def _run_safely(spec: RunSpec) -> dict[str, Any]:
     try:
         return run_one(spec)
@@ -260,8 +266,10 @@ def run_suite(
     workers: int | None = None,
     tracking_uri: str | None = None,
     log=print,
+    report_only: bool = False,
 ) -> BenchSummary:
-    """Run the missing runs of a suite in parallel, then write the reports."""
+    """Run the missing runs of a suite in parallel, then write the reports from all its finished runs in the
+    output directory (``report_only``: write the reports and run nothing)."""
     suite_path = Path(suite_path)
     suite = load_suite(suite_path)
     if seeds is not None and seeds < 1:
@@ -270,11 +278,14 @@ def run_suite(
         raise UserError(f"bench error: --workers: must be at least 1 (got {workers})")
     out = Path(output) if output else Path("bench") / suite.name
     specs = plan_runs(suite, suite_path, out, algorithms, envs, seeds, tracking_uri)
-    todo = [s for s in specs if not result_path(s).exists()]
-    skipped = len(specs) - len(todo)
+    todo = [] if report_only else [s for s in specs if not result_path(s).exists()]
+    skipped = len(specs) - len(todo) if not report_only else len(specs)
     out.mkdir(parents=True, exist_ok=True)
     workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
-    log(f"bench {suite.name}: {len(specs)} runs ({skipped} already finished), {workers} workers, output {out}")
+    if report_only:
+        log(f"bench {suite.name}: writing the reports from the finished runs in {out}")
+    else:
+        log(f"bench {suite.name}: {len(specs)} runs ({skipped} already finished), {workers} workers, output {out}")
     failed: list[str] = []
     if todo:
         prepare_tracking(todo)
@@ -292,8 +303,7 @@ def run_suite(
                         f"{prefix}: return {record['final_return']:.1f} (eval {record['eval_return']:.1f}), "
                         f"{record['env_steps']} steps in {record['wall_s']:.0f} s ({record['sps']:.0f} SPS)"
                     )
-    records = [json.loads(result_path(s).read_text()) for s in specs if result_path(s).exists()]
-    write_reports(suite, records, out)
+    write_reports(suite, finished_records(suite, out), out)
     log(f"wrote {out / 'results.csv'}, {out / 'results.md'} and learning curves")
     return BenchSummary(ran=len(todo) - len(failed), skipped=skipped, failed=failed, output=out)
 

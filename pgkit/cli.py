@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="parallel runs (default: the number of cores)")
     p.add_argument("--output", metavar="DIR", help="results directory (default bench/<suite name>)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: each config's)")
+    p.add_argument("--report", action="store_true", help="only rewrite the reports from the finished runs")
 
     p = sub.add_parser("validate", help="check a config without training")
     _config_args(p, required=True)
@@ -135,7 +136,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pgkit.bench import run_suite
 
     summary = run_suite(
-        args.suite, args.output, args.algorithms, args.envs, args.seeds, args.workers, args.tracking_uri
+        args.suite, args.output, args.algorithms, args.envs, args.seeds, args.workers, args.tracking_uri,
+        report_only=args.report,
     )
     if summary.failed:
         print(f"pgkit bench: {len(summary.failed)} runs failed: {', '.join(summary.failed)}", file=sys.stderr)

@@ -153,3 +153,11 @@ def test_smoke_suite_end_to_end_then_skips_finished_runs(tmp_path, capsys):
     assert victim.exists()
     assert (out / "runs" / "ppo-CartPole-v1-s1" / "result.json").stat().st_mtime_ns == kept
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 8
+
+    # --report rewrites the reports from every finished run, whatever the selection, and trains nothing.
+    capsys.readouterr()
+    (out / "results.md").unlink()
+    assert main([*argv, "--report", "--algorithms", "a2c"]) == 0
+    assert "writing the reports" in capsys.readouterr().out
+    assert "| pgkit ppo (2 seeds) |" in (out / "results.md").read_text()
+    assert (out / "runs" / "ppo-CartPole-v1-s1" / "result.json").stat().st_mtime_ns == kept
