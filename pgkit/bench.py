@@ -370,7 +370,7 @@ def results_markdown(suite: SuiteConfig, records: list[dict[str, Any]]) -> str:
         for algo in algos:
             values = [cells.get((algo, e)) for e in envs]
             seeds = sorted({c.n for c in values if c is not None})
-            label = f"pgkit {algo} ({'/'.join(map(str, seeds))} seeds)"
+            label = f"pgkit {algo} ({'/'.join(map(str, seeds))} seed{'s' if seeds and max(seeds) > 1 else ''})"
             rows.append(f"| {label} | " + " | ".join(fmt(c) if c else "—" for c in values) + " |")
         return header + "\n".join(rows) + "\n"
 
