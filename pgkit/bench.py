@@ -399,13 +399,10 @@ def results_markdown(suite: SuiteConfig, records: list[dict[str, Any]]) -> str:
 
 def plot_env_curves(env: str, records: list[dict[str, Any]], total: int, path: Path) -> None:
     """Return against env steps for one env: per algorithm, mean over seeds with a ±std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pgkit.plotting import return_figure, save_return_figure
 
     grid = np.linspace(0, total, 101)[1:]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = return_figure(height=4.2)
     for algo in sorted({r["algorithm"] for r in records}):
         runs = [r for r in records if r["algorithm"] == algo]
         curves = np.array([curve_on_grid(r["curve_steps"], r["curve_returns"], grid) for r in runs])
@@ -415,13 +412,7 @@ def plot_env_curves(env: str, records: list[dict[str, Any]], total: int, path: P
         (line,) = ax.plot(grid, mean, label=f"{algo} ({len(runs)} seeds)")
         ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_title(f"{env}: mean of the last {LAST_EPISODES} training episodes, ±std over seeds")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("episode return")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_return_figure(fig, ax, path)
 
 
 __all__ = ["BenchSummary", "SuiteConfig", "load_suite", "plan_runs", "run_suite", "write_reports"]

@@ -120,12 +120,9 @@ class MLflowArtifacts(L.Callback):
 
 def plot_learning_curve(client, run_id: str, path: Path) -> bool:
     """Plot training and evaluation return against env steps from the run's metric history."""
-    import matplotlib
+    from pgkit.plotting import return_figure, save_return_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = return_figure()
     drawn = False
     for key, style in (("rollout/episode_return", "-"), ("eval/mean_return", "o--")):
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
@@ -133,13 +130,11 @@ def plot_learning_curve(client, run_id: str, path: Path) -> bool:
             ax.plot([m.step for m in history], [m.value for m in history], style, label=key)
             drawn = True
     if drawn:
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("episode return")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-    plt.close(fig)
+        save_return_figure(fig, ax, path)
+    else:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return drawn
 
 
