@@ -409,7 +409,7 @@ def plot_env_curves(env: str, records: list[dict[str, Any]], total: int, path: P
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN points before a run's first episode
             mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
-        (line,) = ax.plot(grid, mean, label=f"{algo} ({len(runs)} seeds)")
+        (line,) = ax.plot(grid, mean, label=f"{algo} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
         ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_title(f"{env}: mean of the last {LAST_EPISODES} training episodes, ±std over seeds")
     save_return_figure(fig, ax, path)
