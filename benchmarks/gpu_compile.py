@@ -91,7 +91,7 @@ def update_ms(device: str, mode: str, repeats: int) -> float:
     torch._dynamo.reset()
     cfg = load_config(ROOT / "configs" / "ppo.yaml", [*overrides_for(device, 1, 1), *MODES[mode]])
     module = cfg.init().to(device)
-    module.setup_compile() if mode != "eager" else None
+    module.setup_compile()  # no-op in eager mode (trainer.compile=false)
     params = list(module.policy.parameters())
     optimizer = torch.optim.Adam(params, lr=3e-4, eps=1e-5, fused=True)
     n, obs_dim, act_dim = 2048, module.observation_space.shape[0], module.action_space.shape[0]

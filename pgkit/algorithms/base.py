@@ -311,15 +311,13 @@ class OnPolicyModule(L.LightningModule):
         setting = self.cfg.trainer.compile
         return self.device.type == "cuda" if setting == "auto" else bool(setting)
 
-    def setup_compile(self, backend: str | None = None) -> None:
+    def setup_compile(self) -> None:
         """Replace :meth:`policy_step` and :meth:`loss_terms` by compiled versions when compiling is on (called
-        once the module is on its device). ``backend`` forces compiling with that backend (tests use ``eager``)."""
-        if backend is None and not self.compile_enabled:
+        once the module is on its device)."""
+        if not self.compile_enabled:
             return
         options: dict[str, Any] = {"dynamic": False}
-        if backend is not None:
-            options["backend"] = backend
-        elif self.device.type == "cuda" and self.cfg.trainer.cuda_graphs:
+        if self.device.type == "cuda" and self.cfg.trainer.cuda_graphs:
             options["mode"] = "reduce-overhead"  # CUDA graphs: shapes are static per call site
         self._compiled = True  # the compiler fuses the layers itself: act through the modules
         self.policy_step = torch.compile(self.policy_step, **options)
