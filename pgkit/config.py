@@ -20,10 +20,13 @@ from pgkit.algorithms.reinforce import Reinforce, ReinforceConfig
 from pgkit.algorithms.trpo import TRPO, TRPOConfig
 from pgkit.algorithms.vmpo import VMPO, VMPOConfig
 from pgkit.distributions import DistributionName, LogStdMode, allowed_distributions, make_head
-from pgkit.environments import check_env_id, flat_dim
+from pgkit.environments import check_env_id
 from pgkit.environments.actions import ActionBounds
 from pgkit.environments.make import Vectorization
+from pgkit.environments.observations import ObservationLayout
 from pgkit.networks import Activation, ActorCritic, mlp, output_width
+from pgkit.networks.encoders import ObservationEncoder, conv_output_size
+from pgkit.networks.recurrent import RecurrentCore, RecurrentKind
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -81,8 +84,58 @@ class EnvConfig(BaseModel):
         return make_env(self.id, self.kwargs, self.max_episode_steps)
 
 
+class EncoderConfig(BaseModel):
+    """How observations become features: one encoder per array of the observation (per key of a Dict or entry of a
+    Tuple), concatenated, as SB3's ``CombinedExtractor``. Float vectors pass through flat (normalised when
+    ``env.normalize_obs``), Discrete and MultiDiscrete observations become one-hot vectors, and images (``uint8``
+    Box of 3 dims, channel-last) go through a CNN, scaled to [0, 1] and never normalised by running statistics."""
+
+    model_config = _MODEL
+
+    images: Literal["auto", "cnn", "flatten"] = "auto"
+    """``auto``: a CNN for every image in the observation; ``cnn``: the same, and an error if there is none;
+    ``flatten``: images as flat vectors scaled to [0, 1]."""
+    cnn_channels: tuple[PositiveInt, ...] = Field((32, 64, 64), min_length=1)
+    """Output channels of each convolution (NatureCNN's by default)."""
+    cnn_kernels: tuple[PositiveInt, ...] = Field((8, 4, 3), min_length=1)
+    """Square kernel size of each convolution."""
+    cnn_strides: tuple[PositiveInt, ...] = Field((4, 2, 1), min_length=1)
+    """Stride of each convolution."""
+    cnn_features: PositiveInt = 512
+    """Width of the linear layer after the convolutions: the CNN's output features."""
+    share: bool = True
+    """The critic uses the actor's encoder (SB3's ``share_features_extractor``); false gives it its own CNN."""
+
+    @model_validator(mode="after")
+    def _same_depth(self) -> EncoderConfig:
+        sizes = {len(self.cnn_channels), len(self.cnn_kernels), len(self.cnn_strides)}
+        if len(sizes) != 1:
+            raise ValueError(
+                "policy.encoder.cnn_kernels: cnn_channels, cnn_kernels and cnn_strides need one entry per "
+                f"convolution (got {len(self.cnn_channels)}, {len(self.cnn_kernels)} and {len(self.cnn_strides)})"
+            )
+        return self
+
+
+class RecurrentConfig(BaseModel):
+    """A recurrent core between the encoder and the MLP trunks: the policy carries a state per env, reset at
+    episode starts, and trains on whole sequences with truncated BPTT (``algorithm.bptt_horizon``)."""
+
+    model_config = _MODEL
+
+    kind: RecurrentKind = "lstm"
+    """``lstm`` or ``gru``."""
+    hidden_size: PositiveInt = 128
+    """Width of the core's state and output."""
+    num_layers: int = Field(1, ge=1, le=16)
+    """Stacked recurrent layers."""
+    shared: bool = False
+    """The critic reads the actor's core (SB3's ``shared_lstm``); false gives it its own (SB3's default
+    ``enable_critic_lstm``)."""
+
+
 class PolicyConfig(BaseModel):
-    """Actor and critic networks and the action distribution."""
+    """Encoder, recurrent core, actor and critic networks, and the action distribution."""
 
     model_config = _MODEL
 
@@ -96,13 +149,17 @@ class PolicyConfig(BaseModel):
     activation: Activation = "tanh"
     """Hidden activation: ``tanh``, ``relu``, ``swish`` or ``elu``."""
     shared_trunk: bool = False
-    """Actor and critic share one trunk."""
+    """Actor and critic share one trunk (and so the encoder and recurrent core before it)."""
     ortho_init: bool = True
     """Orthogonal init: gain sqrt(2) on hidden layers, 0.01 on the policy head, 1 on the value head."""
     log_std: LogStdMode = "state_independent"
     """Gaussian log-std: a free parameter per action dim, or an output of the actor."""
     log_std_init: float = Field(0.0, ge=-20, le=2)
     """Initial log-std of Gaussian policies."""
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    """Observation encoders (CNN for images, one-hot for discrete observations, per key for Dict spaces)."""
+    recurrent: RecurrentConfig | None = None
+    """A recurrent core (LSTM or GRU); null for a feedforward policy."""
 
     def resolve_distribution(self, action_space: gym.Space) -> DistributionName:
         """The distribution to use on ``action_space``; raises ``ValueError`` if the configured one cannot act."""
@@ -116,11 +173,58 @@ class PolicyConfig(BaseModel):
             )
         return self.distribution
 
+    def check_observation_space(self, observation_space: gym.Space) -> None:
+        """Raise ``ValueError("<dotted field>: <problem> (got <value>)")`` if the encoder cannot take this space."""
+        try:
+            layout = ObservationLayout.from_space(observation_space)
+        except ValueError as exc:
+            raise ValueError(f"env.id: {exc}") from None
+        enc = self.encoder
+        if enc.images == "cnn" and not layout.has_image:
+            raise ValueError(
+                f"policy.encoder.images: 'cnn' needs an image observation (a uint8 Box of 3 dims, channel-last); "
+                f"{observation_space} has none (got 'cnn')"
+            )
+        if enc.images != "flatten":
+            for leaf in layout.leaves:
+                if leaf.kind == "image":
+                    try:
+                        conv_output_size(leaf.shape[0], leaf.shape[1], enc.cnn_kernels, enc.cnn_strides)
+                    except ValueError as exc:
+                        raise ValueError(
+                            f"policy.encoder.cnn_kernels: {exc} (image {leaf.key!r}); use smaller cnn_kernels and "
+                            f"cnn_strides (got kernels {list(enc.cnn_kernels)}, strides {list(enc.cnn_strides)})"
+                        ) from None
+
     def init(self, observation_space: gym.Space, action_space: gym.Space) -> ActorCritic:
         """Build the actor-critic for these spaces."""
-        in_dim = flat_dim(observation_space)
-        actor = mlp(in_dim, self.actor_hidden, self.activation, self.ortho_init)
-        latent = output_width(in_dim, self.actor_hidden)
+        layout = ObservationLayout.from_space(observation_space)
+        enc = self.encoder
+
+        def encoder() -> ObservationEncoder | None:
+            if layout.plain_vector:
+                return None  # a plain vector needs no encoder
+            image = "flatten" if enc.images == "flatten" else "cnn"
+            return ObservationEncoder(layout, image, enc.cnn_channels, enc.cnn_kernels, enc.cnn_strides,
+                                      enc.cnn_features, self.ortho_init)
+
+        actor_encoder = encoder()
+        features = layout.leaves[0].shape[0] if actor_encoder is None else actor_encoder.out_dim
+        # A parameter-free encoder (flat vectors, one-hot) computes the same for both: only a CNN is ever doubled.
+        own = actor_encoder is not None and any(True for _ in actor_encoder.parameters())
+        critic_encoder = encoder() if own and not (enc.share or self.shared_trunk) else None
+        core = critic_core = None
+        if self.recurrent is not None:
+            rec = self.recurrent
+
+            def make_core() -> RecurrentCore:
+                return RecurrentCore(rec.kind, features, rec.hidden_size, rec.num_layers, self.ortho_init)
+
+            core = make_core()
+            critic_core = None if rec.shared or self.shared_trunk else make_core()
+            features = rec.hidden_size
+        actor = mlp(features, self.actor_hidden, self.activation, self.ortho_init)
+        latent = output_width(features, self.actor_hidden)
         head = make_head(
             self.resolve_distribution(action_space),
             action_space,
@@ -129,10 +233,11 @@ class PolicyConfig(BaseModel):
             self.log_std_init,
             gain=0.01 if self.ortho_init else 1.0,
         )
+        parts = dict(encoder=actor_encoder, critic_encoder=critic_encoder, core=core, critic_core=critic_core)
         if self.shared_trunk:
-            return ActorCritic(actor, head, None, latent)
-        critic = mlp(in_dim, self.critic_hidden, self.activation, self.ortho_init)
-        return ActorCritic(actor, head, critic, output_width(in_dim, self.critic_hidden))
+            return ActorCritic(actor, head, None, latent, **parts)
+        critic = mlp(features, self.critic_hidden, self.activation, self.ortho_init)
+        return ActorCritic(actor, head, critic, output_width(features, self.critic_hidden), **parts)
 
 
 class TrainerConfig(BaseModel):
@@ -237,6 +342,7 @@ class ExperimentConfig(BaseModel):
         algo, env = self.algorithm, self.env
         batch = algo.num_steps * env.num_envs
         num_minibatches = getattr(algo, "num_minibatches", 1)
+        algo.check_common(self)
         if batch % num_minibatches:
             raise ValueError(
                 f"algorithm.num_minibatches: must divide the batch size num_steps * env.num_envs = {batch} "

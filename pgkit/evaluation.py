@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pgkit.environments import make_env, make_vec_env, seed_list
+from pgkit.environments.observations import ObservationLayout
 from pgkit.errors import UserError
 
 #: Offset between the reset seeds of training and evaluation envs, so evaluation never replays training starts.
@@ -16,9 +17,12 @@ EVAL_SEED_OFFSET = 1_000_000
 
 
 class Actor(Protocol):
-    """Anything that maps a batch of raw observations to environment actions."""
+    """Anything that maps a batch of raw observations to environment actions, carrying a (recurrent) state.
 
-    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray: ...
+    ``act(obs, deterministic, state, episode_start)`` returns ``(actions, next_state)``; ``state=None`` means new
+    episodes, and the state of envs whose ``episode_start`` is true is reset before acting (SB3's ``predict``)."""
+
+    def act(self, obs: Any, deterministic: bool, state: Any = None, episode_start: Any = None) -> tuple[Any, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,11 @@ def evaluate(
     try:
         obs, _ = envs.reset(seed=seed_list(seed, num_envs))
         done_count = np.zeros(num_envs, dtype=int)
+        state, episode_start = None, np.ones(num_envs, dtype=bool)
         while (done_count < quota).any():
-            obs, _, _, _, info = envs.step(actor.act(obs, deterministic))
+            actions, state = actor.act(obs, deterministic, state, episode_start)
+            obs, _, terminated, truncated, info = envs.step(actions)
+            episode_start = terminated | truncated  # same-step autoreset: obs already starts the next episode
             if "episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
                     if done_count[i] < quota[i]:
@@ -101,13 +108,14 @@ def record_video(actor: Actor, cfg: Any, folder: str | Path, episodes: int, dete
 
     env = make_env(cfg.env.id, cfg.env.kwargs, cfg.env.max_episode_steps, render_mode="rgb_array")
     env = gym.wrappers.RecordVideo(env, str(folder), episode_trigger=lambda _: True, disable_logger=True)
+    layout = ObservationLayout.from_space(env.observation_space)
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
-            done = False
+            done, state = False, None
             while not done:
-                action = actor.act(np.asarray(obs)[None], deterministic)[0]
-                obs, _, terminated, truncated, _ = env.step(action)
+                actions, state = actor.act(layout.add_batch_dim(obs), deterministic, state)
+                obs, _, terminated, truncated, _ = env.step(actions[0])
                 done = terminated or truncated
     finally:
         env.close()

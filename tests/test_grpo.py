@@ -130,7 +130,7 @@ def test_a_group_shares_its_start_state():
     module.setup("fit")
     try:
         module.begin_rollout()
-        obs = module.reset_observations.view(3, 4, -1)
+        obs = torch.as_tensor(module.reset_observations).view(3, 4, -1)
         assert (obs == obs[:, :1]).all()  # identical within each group
         assert not torch.equal(obs[0, 0], obs[1, 0]) and not torch.equal(obs[1, 0], obs[2, 0])
         assert module.group_seeds() == module.group_seeds()  # a pure function of seed, rank and iteration
@@ -184,6 +184,7 @@ def test_grpo_learns_tool_selection():
     optimal = []
     for i in range(500):
         obs, _ = env.reset(seed=50_000 + i)
-        _, _, _, _, info = env.step(module.act(obs[None], deterministic=True)[0])
+        actions, _ = module.act(obs[None], deterministic=True)
+        _, _, _, _, info = env.step(actions[0])
         optimal.append(info["optimal"])
     assert np.mean(optimal) > 0.9, f"optimal tool chosen in {np.mean(optimal):.0%} of 500 tasks"

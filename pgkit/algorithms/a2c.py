@@ -66,7 +66,7 @@ class A2C(OnPolicyModule):
 
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
         a = self.algo
-        dist, value = self.policy(batch["obs"])
+        dist, value = self.policy(batch["obs"], self.sequences(batch))
         advantage = normalize(batch["advantage"]) if a.normalize_advantage else batch["advantage"]
         entropy = dist.entropy()
         terms = a2c_loss(dist.log_prob(batch["action"]), advantage, value, batch["return"], entropy)

@@ -2,82 +2,59 @@
 
 One Lightning epoch is one policy iteration:
 
-1. ``on_train_epoch_start`` collects ``num_steps x num_envs`` transitions into a preallocated TensorDict, then
-   computes advantages and value targets once with :func:`pgkit.ops.gae`.
-2. The train dataloader yields minibatch *indices* (``update_epochs x num_minibatches`` per epoch).
+1. ``on_train_epoch_start`` collects ``num_steps x num_envs`` transitions (:class:`pgkit.rollout.Collector`), then
+   computes advantages and value targets once: GAE (:func:`pgkit.ops.gae`) or V-trace (:func:`pgkit.ops.vtrace`,
+   refreshed at every pass over the batch, since the policy moves away from the one that acted).
+2. The train dataloader yields minibatch *indices* of units: rows, or whole BPTT chunks for a recurrent policy
+   (:mod:`pgkit.algorithms.batching`).
 3. ``training_step`` gathers the minibatch and calls the subclass's ``compute_loss``; the named terms it returns
    are summed on-device and logged once per iteration, keyed by environment steps.
 4. ``on_train_epoch_end`` logs rollout and update metrics and evaluates every ``eval.every_n_iterations``.
 
-Subclasses implement ``compute_loss`` and ``configure_optimizers`` and nothing else of the loop.
+Subclasses implement ``compute_loss`` and ``configure_optimizers`` and nothing else of the loop. They evaluate the
+policy on a minibatch with ``self.policy(batch["obs"], self.sequences(batch))``: the sequences are None for a
+feedforward policy.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
-from gymnasium.vector import SyncVectorEnv
 from tensordict import TensorDict
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
+from pgkit.algorithms.batching import (
+    MinibatchIndices,
+    chunk_rows,
+    chunk_state_rows,
+    rows_to_steps,
+    unit_rows,
+)
+from pgkit.algorithms.distributed import check_ranks_agree, iteration_totals
 from pgkit.checkpoints import checkpoint_metadata
-from pgkit.environments import ObservationNormalizer, RewardScaler, flat_dim, make_vec_env, seed_list
+from pgkit.environments import RewardScaler
 from pgkit.environments.actions import ActionAdapter
+from pgkit.environments.observations import make_observation_processor
 from pgkit.errors import TrainingError
 from pgkit.evaluation import EVAL_SEED_OFFSET, EvalResult, evaluate
 from pgkit.networks import ActorCritic
-from pgkit.networks.fused import FusedForward, fuse
-from pgkit.ops import explained_variance, gae
-from pgkit.resume_state import load_env_state, save_env_state, sidecar_path
+from pgkit.networks.fused import FusedForward
+from pgkit.networks.recurrent import Sequences
+from pgkit.ops import explained_variance, gae, vtrace
+from pgkit.rollout import Collector
 
 if TYPE_CHECKING:
     from pgkit.config import ExperimentConfig
 
-
-class MinibatchIndices(IterableDataset):
-    """Yields ``epochs`` fresh permutations of ``range(batch_size)``, each split into ``num_minibatches`` parts.
-
-    With ``stacked`` it yields them all at once, as one ``[epochs * num_minibatches, size]`` tensor (the same
-    permutations, drawn in the same order), for modules that loop over minibatches inside one training step.
-    ``generator`` is called at each pass for the permutations' generator (the module seeds one per iteration, so a
-    resumed run draws the same ones; Lightning prefetches the first batch before the iteration's hooks run).
-    """
-
-    def __init__(
-        self,
-        batch_size: int,
-        num_minibatches: int,
-        epochs: int,
-        stacked: bool = False,
-        generator: Callable[[], torch.Generator | None] = lambda: None,
-    ) -> None:
-        self.batch_size, self.num_minibatches, self.epochs = batch_size, num_minibatches, epochs
-        self.stacked, self.generator = stacked, generator
-
-    def __iter__(self):
-        g = self.generator()
-        parts = (
-            torch.randperm(self.batch_size, generator=g).view(self.num_minibatches, -1) for _ in range(self.epochs)
-        )
-        if self.stacked:
-            yield torch.cat(list(parts))
-        else:
-            for part in parts:
-                yield from part
-
-    def __len__(self) -> int:
-        return 1 if self.stacked else self.epochs * self.num_minibatches
+__all__ = ["MinibatchIndices", "OnPolicyModule"]
 
 
 class OnPolicyModule(L.LightningModule):
@@ -111,18 +88,22 @@ class OnPolicyModule(L.LightningModule):
 
         self.policy = self.cfg.policy.init(self.observation_space, self.action_space)
         self.action_adapter = ActionAdapter(self.action_space, env_cfg.action_bounds)
-        self.obs_normalizer = ObservationNormalizer(
-            (flat_dim(self.observation_space),), env_cfg.obs_clip, env_cfg.normalize_obs
-        )
+        self.obs_normalizer = make_observation_processor(self.observation_space, env_cfg.obs_clip,
+                                                         env_cfg.normalize_obs)
+        self.observation_layout = self.obs_normalizer.layout
         self.reward_scaler = RewardScaler(env_cfg.num_envs, algo.gamma, env_cfg.reward_clip, env_cfg.normalize_reward)
         self.register_buffer("env_steps", torch.zeros((), dtype=torch.int64))
 
         self.num_envs = env_cfg.num_envs
         self.batch_size = algo.num_steps * env_cfg.num_envs
         self.num_iterations = self.cfg.num_iterations
-        self.envs: Any = None
-        self._next_obs: Tensor | None = None
+        #: BPTT chunk length of a recurrent policy (None: feedforward, every row is a unit).
+        self.horizon: int | None = (algo.bptt_horizon or algo.num_steps) if self.policy.recurrent else None
+        self.collector = Collector(self, self.horizon or algo.num_steps)
         self.buffer: TensorDict | None = None
+        self.rows: TensorDict | None = None  # the buffer as training rows (see batching)
+        self.chunk_states: Tensor | None = None  # [chunks, S]: each chunk's stored recurrent state
+        self.last_value: Tensor | None = None
         self.episode_returns: list[float] = []  # every training episode finished in this process, in order
         self.episode_steps: list[int] = []  # env_steps at the end of the iteration in which each one finished
         self.last_metrics: dict[str, float] = {}
@@ -132,68 +113,49 @@ class OnPolicyModule(L.LightningModule):
         self._fit_start_time = 0.0
         self._fit_start_steps = 0
         self.rollout_metrics: dict[str, float] = {}
-        self.flat: TensorDict | None = None
-        self.steps_taken = self.cfg.algorithm.num_steps  # rows of the buffer the last rollout filled
         self._graph_steps = False  # compiled with CUDA graphs (set by setup_compile)
         self._compiled = False
         self.resume_from: Path | None = None  # set by fit(resume=...): restore the env state saved with it
-        #: Eager rollouts act through a fused copy of the acting network taken at the rollout's start (None: through
-        #: the network itself). A plain function, never a module, so it is no part of the module's state.
+        #: Eager feedforward rollouts act through a fused copy of the acting network taken at the rollout's start
+        #: (None: through the network itself). A plain function, never a module, so no part of the module's state.
         self.rollout_forward: FusedForward | None = None
 
     # ----------------------------------------------------------------------------------------------- environments
+    @property
+    def envs(self) -> Any:
+        """This process's vector env (None outside ``fit``)."""
+        return self.collector.envs
+
+    @property
+    def steps_taken(self) -> int:
+        """Rows of the buffer the last rollout filled (fewer than ``num_steps`` when it stopped early)."""
+        return self.collector.steps_taken
+
     def setup(self, stage: str) -> None:
-        if stage != "fit" or self.envs is not None:
+        if stage != "fit" or self.collector.envs is not None:
             return
-        env_cfg = self.cfg.env
-        self.envs = make_vec_env(
-            env_cfg.id, self.num_envs, env_cfg.vectorization, env_cfg.kwargs, env_cfg.max_episode_steps
-        )
-        # Each rank's sub-envs get distinct seeds: rank r uses seed + r * num_envs + i.
-        seeds = seed_list(self.cfg.trainer.seed, self.num_envs, offset=self.global_rank * self.num_envs)
-        obs, _ = self.envs.reset(seed=seeds)
-        self.envs.action_space.seed(seeds[0])
-        self._next_obs = torch.as_tensor(obs, dtype=torch.float32)
+        self.collector.open(self.global_rank)
         if self.resume_from is not None:
-            self.restore_env_state(self.resume_from)
+            self.collector.restore(self.resume_from, self.global_rank)
 
     def teardown(self, stage: str) -> None:
-        if self.envs is not None:
-            self.envs.close()
-            self.envs = None
+        self.collector.close()
 
-    def _allocate_buffer(self) -> TensorDict:
-        T, N, dev = self.cfg.algorithm.num_steps, self.num_envs, self.device
-        act_shape = self.action_space.shape or ()
-        act_dtype = torch.float32 if act_shape and self.action_space.dtype.kind == "f" else torch.int64
-        f32 = dict(dtype=torch.float32, device=dev)
-        return TensorDict(
-            {
-                "obs": torch.zeros(T, N, flat_dim(self.observation_space), **f32),
-                "action": torch.zeros(T, N, *act_shape, dtype=act_dtype, device=dev),
-                "log_prob": torch.zeros(T, N, **f32),
-                "reward": torch.zeros(T, N, **f32),
-                "terminated": torch.zeros(T, N, dtype=torch.bool, device=dev),
-                "truncated": torch.zeros(T, N, dtype=torch.bool, device=dev),
-                "value": torch.zeros(T, N, **f32),
-                "final_value": torch.zeros(T, N, **f32),
-                "advantage": torch.zeros(T, N, **f32),
-                "return": torch.zeros(T, N, **f32),
-                "mask": torch.ones(T, N, **f32),  # 1 where a step counts in the loss
-            },
-            batch_size=[T, N],
-            device=dev,
-        )
+    def save_env_state(self, checkpoint: Path) -> None:
+        """Write this rank's envs, next observation and recurrent state next to ``checkpoint``."""
+        self.collector.save(checkpoint, self.global_rank)
 
     # ---------------------------------------------------------------------------------------------------- rollout
     def collect_rollout(self) -> list[tuple[float, int]]:
         """Fill ``self.buffer`` with one rollout and its advantages; return the (return, length) of each episode
         that ended during it."""
         if self.buffer is None:
-            # Allocated outside inference mode, so the update may use the buffer in autograd.
-            self.buffer = self._allocate_buffer()
+            self.buffer = self.collector.allocate(self.cfg.algorithm.num_steps)
         with torch.inference_mode():
-            return self._collect(self.buffer)
+            episodes = self.collector.collect(self.buffer)
+            self.last_value = self.collector.last_value()
+            self.compute_targets(self.buffer, self.last_value)
+        return episodes
 
     @property
     def acting_policy(self) -> ActorCritic:
@@ -201,7 +163,7 @@ class OnPolicyModule(L.LightningModule):
         return self.policy
 
     def begin_rollout(self) -> None:
-        """Called before each rollout (REINFORCE's episode batches reset the envs here)."""
+        """Called before each rollout (REINFORCE's episode batches and GRPO's groups reset the envs here)."""
 
     def rollout_finished(self, ended: np.ndarray) -> bool:
         """Whether to stop the rollout early; ``ended[i]`` says sub-env ``i`` has ended an episode in it."""
@@ -210,101 +172,102 @@ class OnPolicyModule(L.LightningModule):
     def observe_step(self, info: dict[str, Any], done: np.ndarray) -> None:
         """Called after every env step with the vector env's ``info`` and ``terminated | truncated``."""
 
-    def _collect(self, b: TensorDict) -> list[tuple[float, int]]:
-        obs_b, act_b, logp_b = b["obs"], b["action"], b["log_prob"]
-        val_b, final_b = b["value"], b["final_value"]
-        final_b.zero_()
-        dev = self.device
-        self.begin_rollout()
-        # Observations, rewards and flags stay numpy on the host; the normalisers turn them into device tensors.
-        # On CPU, rewards and flags are written through numpy views of the buffer (a numpy store costs ~1 us,
-        # a torch one ~4).
-        host = dev.type == "cpu"
-        rew_s, term_s, trunc_s = (b[k].numpy() if host else b[k] for k in ("reward", "terminated", "truncated"))
-        obs = self._next_obs.numpy()
-        actor = self.acting_policy
-        self.rollout_forward = None if self._compiled else fuse(actor)
-        episodes: list[tuple[float, int]] = []
-        any_end = np.zeros(self.num_envs, dtype=bool)
-        self.steps_taken = T = self.cfg.algorithm.num_steps
-        for t in range(T):
-            self.obs_normalizer.update(obs)
-            norm_obs = self.obs_normalizer(obs)
-            self.mark_step()
-            raw, log_prob, value, env_action = self.policy_step(norm_obs)
-            obs_b[t], act_b[t], logp_b[t], val_b[t] = norm_obs, raw, log_prob, value
-            try:
-                next_obs, reward, terminated, truncated, info = self.envs.step(env_action.cpu().numpy())
-            except Exception as exc:
-                raise TrainingError(
-                    f"env {self.cfg.env.id} failed at iteration {self.current_epoch + 1}: {exc}"
-                ) from exc
-            if not (np.isfinite(next_obs).all() and np.isfinite(reward).all()):
-                self._reject_nonfinite_step(next_obs, reward)
-            done = terminated | truncated
-            self.reward_scaler.update(reward, done)
-            rew_s[t] = self.reward_scaler.scale(reward)
-            if host:
-                term_s[t], trunc_s[t] = terminated, truncated
-            else:
-                term_s[t], trunc_s[t] = torch.as_tensor(terminated), torch.as_tensor(truncated)
-            bootstrap = np.flatnonzero(truncated & ~terminated)
-            if bootstrap.size:  # value of the real final observation, not of the auto-reset one
-                final_obs = np.stack(info["final_obs"][bootstrap]).astype(np.float32)
-                final_b[t, torch.as_tensor(bootstrap, device=dev)] = actor.value(self.obs_normalizer(final_obs))
-            if "episode" in info:
-                finished = np.flatnonzero(info["_episode"])
-                episodes += [(float(info["episode"]["r"][i]), int(info["episode"]["l"][i])) for i in finished]
-            obs = np.asarray(next_obs, dtype=np.float32)
-            self.observe_step(info, done)
-            any_end |= done
-            if t + 1 < T and self.rollout_finished(any_end):
-                self.steps_taken = t + 1
-                # Unused rows end every trace and carry nothing, so no stale data reaches the steps before them.
-                for key, fill in (("reward", 0.0), ("value", 0.0), ("terminated", True), ("truncated", False)):
-                    b[key][t + 1 :] = fill
-                break
-        self._next_obs = torch.from_numpy(obs)
-        self.compute_targets(b, actor.value(self.obs_normalizer(obs)))
-        return episodes
-
-    def _reject_nonfinite_step(self, obs: np.ndarray, reward: np.ndarray) -> None:
-        bad_obs = np.flatnonzero(~np.isfinite(np.asarray(obs, dtype=np.float64)).reshape(len(reward), -1).all(1))
-        what, where = ("observation", bad_obs) if bad_obs.size else ("reward", np.flatnonzero(~np.isfinite(reward)))
-        raise TrainingError(
-            f"non-finite {what} from env {self.cfg.env.id} sub-env {int(where[0])} at iteration "
-            f"{self.current_epoch + 1}"
-        )
-
     def compute_targets(self, b: TensorDict, last_value: Tensor) -> None:
         """Fill ``b["advantage"]`` and ``b["return"]`` (and ``b["mask"]`` if some steps must not count).
 
         The default is GAE: ``next_value`` is the next step's value inside an episode, the real final observation's
-        value at a truncation, and ``last_value`` (the value after the last step) at the end of the rollout.
+        value at a truncation, and ``last_value`` (the value after the last step) at the end of the rollout. With
+        ``advantage: vtrace`` the targets are V-trace's, computed once the training rows exist
+        (:meth:`refresh_vtrace`).
         """
-        next_value = torch.cat([b["value"][1:], last_value.unsqueeze(0)])
-        next_value = torch.where(b["truncated"], b["final_value"], next_value)
         algo = self.cfg.algorithm
+        if algo.advantage == "vtrace":
+            return
         advantage, ret = gae(
-            b["reward"], b["value"], next_value, b["terminated"], b["truncated"], algo.gamma, algo.gae_lambda
+            b["reward"], b["value"], self.next_values(b, b["value"], last_value), b["terminated"], b["truncated"],
+            algo.gamma, algo.gae_lambda,
         )
         b["advantage"].copy_(advantage)
         b["return"].copy_(ret)
 
-    # ---------------------------------------------------------------------------------------------- lightning hooks
+    @staticmethod
+    def next_values(b: TensorDict, value: Tensor, last_value: Tensor) -> Tensor:
+        """``V(x_{t+1})`` for every step: the next step's value, the real final observation's after a truncation,
+        ``last_value`` after the last step."""
+        next_value = torch.cat([value[1:], last_value.unsqueeze(0)])
+        return torch.where(b["truncated"], b["final_value"], next_value)
+
+    @torch.no_grad()
+    def refresh_vtrace(self) -> None:
+        """V-trace advantages and targets from the behaviour log-probs of the rollout against the current policy's,
+        with the current critic's values of the rollout's steps (the bootstrap values after the last step and at
+        truncations are the acting critic's, as the rollout computed them). Written into the buffer and the rows."""
+        algo, b, rows = self.cfg.algorithm, self.buffer, self.rows
+        states = None if self.chunk_states is None else chunk_state_rows(
+            self.chunk_states, torch.arange(self.chunk_states.shape[0], device=self.device), self.horizon
+        )
+        sequences = None if states is None else Sequences(rows["sequence_start"], states)
+        dist, value = self.policy(rows["obs"], sequences)
+        T, N = b.batch_size
+        log_rho = rows_to_steps(dist.log_prob(rows["action"]) - rows["log_prob"], T, N, self.horizon)
+        value = rows_to_steps(value, T, N, self.horizon)
+        advantage, target = vtrace(
+            log_rho, b["reward"], value, self.next_values(b, value, self.last_value), b["terminated"],
+            b["truncated"], algo.gamma, algo.vtrace_rho_clip, algo.vtrace_c_clip, algo.gae_lambda,
+        )
+        b["advantage"].copy_(advantage)
+        b["return"].copy_(target)
+        if self.horizon is not None:  # the rows are a rearranged copy: update them too
+            fresh = chunk_rows(b.select("advantage", "return", "episode_start"), self.horizon)
+            rows["advantage"], rows["return"] = fresh["advantage"], fresh["return"]
+
+    # -------------------------------------------------------------------------------------------- training rows
+    def make_rows(self) -> None:
+        """Lay the buffer out as training rows (:mod:`pgkit.algorithms.batching`) and take the chunks' states."""
+        b = self.buffer
+        if self.horizon is None:
+            self.rows, self.chunk_states = b.reshape(-1), None
+        else:
+            self.rows = chunk_rows(b, self.horizon)
+            self.chunk_states = self.collector.sequence_states.reshape(-1, self.policy.state_size)
+
+    @property
+    def rows_per_unit(self) -> int:
+        """Rows in one minibatch unit: 1, or the BPTT horizon."""
+        return self.horizon or 1
+
+    @property
+    def num_units(self) -> int:
+        """Minibatch units per iteration: rows, or BPTT chunks."""
+        return self.batch_size // self.rows_per_unit
+
+    def minibatch(self, indices: Tensor) -> TensorDict:
+        """The rows of units ``indices`` (``[m]``) as one TensorDict; a recurrent one carries each chunk's
+        starting state in ``state``."""
+        batch = self.rows[unit_rows(indices, self.rows_per_unit)]
+        if self.chunk_states is not None:
+            batch["state"] = chunk_state_rows(self.chunk_states, indices, self.rows_per_unit)
+        return batch
+
+    def sequences(self, batch: TensorDict) -> Sequences | None:
+        """How a minibatch's rows form sequences, for a recurrent policy (None for a feedforward one)."""
+        if self.horizon is None:
+            return None
+        return Sequences(batch["sequence_start"], batch["state"])
+
     def train_dataloader(self) -> DataLoader:
         # Indices only, from the main process: the buffer lives on the training device.
         dataset = MinibatchIndices(
-            self.batch_size, self.num_minibatches, self.update_epochs, self.fused_minibatches, self.index_generator
+            self.num_units, self.num_minibatches, self.update_epochs, self.fused_minibatches, self.index_generator
         )
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
+    # ---------------------------------------------------------------------------------------------- torch.compile
     def on_fit_start(self) -> None:
         self._fit_start_time = time.perf_counter()
         self._fit_start_steps = int(self.env_steps)
         self.setup_compile()
 
-    # ---------------------------------------------------------------------------------------------- torch.compile
     @property
     def compile_enabled(self) -> bool:
         """Whether ``trainer.compile`` resolves to compiling on this module's device."""
@@ -330,18 +293,24 @@ class OnPolicyModule(L.LightningModule):
         if self._graph_steps:
             torch.compiler.cudagraph_mark_step_begin()
 
-    def policy_step(self, norm_obs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One acting step on normalised observations: raw sample, its log-prob, the value and the env action.
-        A pure tensor function, so ``trainer.compile`` can compile it."""
-        dist, value = (self.rollout_forward or self.acting_policy)(norm_obs)
+    def policy_step(self, norm_obs, state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """One acting step on processed observations and each env's recurrent state (``[N, 0]`` when feedforward):
+        raw sample, its log-prob, the value, the env action and the next state. A pure tensor function, so
+        ``trainer.compile`` can compile it."""
+        if self.rollout_forward is not None:
+            dist, value = self.rollout_forward(norm_obs)
+            next_state = state
+        else:
+            dist, value, next_state = self.acting_policy.step(norm_obs, state)
         raw, log_prob = dist.sample_with_log_prob()
-        return raw, log_prob, value, self.action_adapter(dist, raw)
+        return raw, log_prob, value, self.action_adapter(dist, raw), next_state
 
     def loss_terms(self, *tensors: Tensor) -> dict[str, Tensor]:
         """The differentiable part of an algorithm's loss as a pure tensor function (compiled with
         ``trainer.compile``); algorithms that route their loss through it override it."""
         raise NotImplementedError
 
+    # -------------------------------------------------------------------------------------------------- seeding
     @property
     def distributed(self) -> bool:
         """Whether this run has more than one process (DDP)."""
@@ -366,28 +335,24 @@ class OnPolicyModule(L.LightningModule):
         np.random.seed(seed % 2**32)
         random.seed(seed)
 
+    # --------------------------------------------------------------------------------------------- the iteration
     def on_train_epoch_start(self) -> None:
         self._rows, self._count, self._skipped = {}, 0, 0
         self.seed_iteration()
         self.anneal_learning_rates()
-        rms = (self.obs_normalizer.rms, self.reward_scaler.return_rms)
-        snapshots = [r.snapshot() for r in rms] if self.distributed else []
+        stats = [*self.obs_normalizer.running_stats(), self.reward_scaler.return_rms]
+        snapshots = [r.snapshot() for r in stats] if self.distributed else []
         episodes = self.collect_rollout()
+        self.make_rows()
+        if self.cfg.algorithm.advantage == "vtrace":
+            self.refresh_vtrace()
         b = self.buffer
         counted = b["mask"].bool()  # steps that enter the loss (all, except in REINFORCE's masked batches)
         ev = explained_variance(b["value"][counted], b["return"][counted]) if self.has_critic else float("nan")
-        # This iteration's totals over ranks: steps, episodes (count, return and length sums), explained variance.
-        local = [self.steps_taken * self.num_envs, len(episodes), sum(r for r, _ in episodes),
-                 sum(n for _, n in episodes), float(ev)]
         if self.distributed:
-            for r, snapshot in zip(rms, snapshots, strict=True):
+            for r, snapshot in zip(stats, snapshots, strict=True):
                 r.merge_ranks(snapshot, self.all_gather)  # every rank and the checkpoint agree
-            gathered = self.all_gather(torch.tensor(local, dtype=torch.float64, device=self.device))
-            totals = gathered.sum(0).tolist()
-            totals[4] = float(gathered[:, 4].mean())
-        else:
-            totals = local
-        new_steps, n_episodes, return_sum, length_sum, ev = totals
+        new_steps, n_episodes, return_sum, length_sum, ev = iteration_totals(self, episodes, float(ev))
         self.env_steps += int(new_steps)
         steps = int(self.env_steps)
         self.episode_returns.extend(r for r, _ in episodes)
@@ -402,13 +367,19 @@ class OnPolicyModule(L.LightningModule):
         elapsed = time.perf_counter() - self._fit_start_time
         metrics["time/sps"] = (steps - self._fit_start_steps) / max(elapsed, 1e-9)
         self.rollout_metrics = metrics
-        self.flat = b.reshape(-1)
+
+    def start_pass(self, index: int) -> None:
+        """Called before minibatch ``index`` of the iteration: at each new pass over the batch after the first,
+        V-trace targets are recomputed against the policy as it now is."""
+        if index and index % self.num_minibatches == 0 and self.cfg.algorithm.advantage == "vtrace":
+            self.refresh_vtrace()
 
     def training_step(self, indices: Tensor, batch_idx: int) -> Tensor | None:
         if self.fused_minibatches:
             self.minibatch_updates(indices)
             return None
-        terms = self.compute_loss(self.flat[indices])
+        self.start_pass(batch_idx)
+        terms = self.compute_loss(self.minibatch(indices))
         if self.skip_batch(terms["loss"]):
             return None
         self.accumulate(terms)
@@ -430,25 +401,28 @@ class OnPolicyModule(L.LightningModule):
         optimizer = self.optimizers()
         max_grad_norm = self.cfg.algorithm.max_grad_norm
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        # One gather for the whole iteration, then contiguous slices: indexing the buffer per minibatch costs more.
-        for batch in self.flat[indices.reshape(-1)].split(indices.shape[1]):
-            self.mark_step()
-            terms = self.compute_loss(batch)
-            loss = terms["loss"]
-            if loss is None:
-                self.accumulate(terms)
-                break
-            if self.skip_batch(loss):
-                continue
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            if max_grad_norm is not None:
-                # torch's clip directly (fp32 only, nothing to unscale), for the norm it returns: logged, checked.
-                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                if self.skip_batch(terms["grad_norm"]):
+        for first in range(0, indices.shape[0], self.num_minibatches):
+            self.start_pass(first)
+            # One gather per pass, then contiguous slices: indexing the rows per minibatch costs more.
+            batches = self.minibatch(indices[first : first + self.num_minibatches].reshape(-1))
+            for batch in batches.split(indices.shape[1] * self.rows_per_unit):
+                self.mark_step()
+                terms = self.compute_loss(batch)
+                loss = terms["loss"]
+                if loss is None:
+                    self.accumulate(terms)
+                    return
+                if self.skip_batch(loss):
                     continue
-            self.accumulate(terms)
-            optimizer.step()
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                if max_grad_norm is not None:
+                    # torch's clip directly (fp32 only, nothing to unscale), for the norm it returns: logged, checked.
+                    terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    if self.skip_batch(terms["grad_norm"]):
+                        continue
+                self.accumulate(terms)
+                optimizer.step()
 
     def accumulate(self, terms: dict[str, Tensor | None]) -> None:
         """Add a minibatch's detached terms to this iteration's on-device rows (one host sync per iteration)."""
@@ -501,82 +475,70 @@ class OnPolicyModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         if self.distributed:
-            self.check_ranks_agree()
+            check_ranks_agree(self)
 
-    def check_ranks_agree(self) -> None:
-        """Raise :class:`TrainingError` unless every rank ends with the same parameters and normaliser statistics
-        (DDP averages gradients; :meth:`RunningMeanStd.merge_ranks` syncs the statistics)."""
-        # Everything but the per-env discounted returns of the reward scaler: those belong to each rank's own envs.
-        state = [
-            t.detach().double().flatten()
-            for key, t in self.state_dict().items()
-            if t.is_floating_point() and not key.endswith("reward_scaler.returns")
-        ]
-        checksum = torch.cat(state)
-        gathered = self.all_gather(torch.stack([checksum.sum(), checksum.abs().sum(), (checksum * checksum).sum()]))
-        if not bool((gathered == gathered[0]).all()):
-            raise TrainingError(f"DDP ranks ended with different parameters or statistics: {gathered.tolist()}")
-        if self.trainer.is_global_zero:
-            print(f"ddp: {self.trainer.world_size} ranks agree on parameters and normaliser statistics "
-                  f"(checksum {float(gathered[0][1]):.6f})")
-
+    # ------------------------------------------------------------------------------------------------ evaluation
     def run_evaluation(self) -> EvalResult:
         """Evaluate the current policy with frozen normalisers on the configured evaluation episodes."""
         ev, env = self.cfg.eval, self.cfg.env
         seed = self.cfg.trainer.seed + EVAL_SEED_OFFSET
         return evaluate(self, env.id, ev.episodes, ev.deterministic, seed, env.kwargs, env.max_episode_steps)
 
-    @torch.inference_mode()
-    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        """Environment actions for a batch of raw observations, with frozen normalisation."""
-        dist = self.policy.distribution(self.obs_normalizer(obs))
-        raw = dist.mode() if deterministic else dist.sample()
-        return self.action_adapter(dist, raw).cpu().numpy()
+    def initial_state(self, batch: int) -> Tensor:
+        """Recurrent state of ``batch`` new episodes (``[batch, 0]`` for a feedforward policy)."""
+        return self.policy.initial_state(batch, self.device)
 
+    @torch.inference_mode()
+    def act(
+        self, obs: Any, deterministic: bool, state: Tensor | None = None, episode_start: Any = None
+    ) -> tuple[np.ndarray, Tensor]:
+        """Environment actions for a batch of raw observations, with frozen normalisation, and the next recurrent
+        state. ``state`` (default: new episodes) is reset where ``episode_start`` is true."""
+        processed = self.obs_normalizer(obs)
+        batch = len(np.asarray(self.observation_layout.raw_leaves(obs)[0]))
+        if state is None:
+            state = self.initial_state(batch)
+        elif episode_start is not None:
+            state = state * torch.as_tensor(~np.asarray(episode_start, dtype=bool), device=self.device).unsqueeze(-1)
+        dist, _, next_state = self.policy.step(processed, state)
+        raw = dist.mode() if deterministic else dist.sample()
+        return self.action_adapter(dist, raw).cpu().numpy(), next_state
+
+    # ------------------------------------------------------------------------------------------- critic training
     def regress_value(
-        self, optimizer: Any, obs: Tensor, targets: Tensor, epochs: int, batch_size: int, max_grad_norm: float | None
+        self, optimizer: Any, batch: TensorDict, epochs: int, unit_batch: int, max_grad_norm: float | None,
+        weight: Tensor | None = None,
     ) -> Tensor | None:
-        """Fit the critic to ``targets`` with its own optimizer: ``epochs`` passes of minibatch MSE (manual
-        optimisation). Returns the mean loss, or None when there is nothing to fit (no complete episode in a
-        REINFORCE batch)."""
-        if obs.shape[0] == 0:
+        """Fit the critic to ``batch["return"]`` with its own optimizer: ``epochs`` passes of minibatch MSE over
+        ``batch``'s units (rows, or BPTT chunks of a recurrent policy), weighted by ``weight`` (default 1; REINFORCE
+        counts complete episodes only). Manual optimisation. Returns the mean loss, or None when nothing counts."""
+        rows = batch.batch_size[0]
+        weight = torch.ones(rows, device=self.device) if weight is None else weight
+        if float(weight.sum()) == 0:
             return None
-        total, count = torch.zeros((), device=obs.device), 0
+        size = self.rows_per_unit
+        total, count = torch.zeros((), device=self.device), 0
         for _ in range(epochs):
-            for idx in torch.randperm(obs.shape[0], device=obs.device).split(batch_size):
-                loss = F.mse_loss(self.policy.value(obs[idx]), targets[idx])
+            for units in torch.randperm(rows // size, device=self.device).split(max(1, unit_batch // size)):
+                idx = unit_rows(units, size)
+                part = batch[idx]
+                w = weight[idx]
+                if float(w.sum()) == 0:
+                    continue
+                value = self.policy.value(part["obs"], self.sequences(part))
+                loss = (w * (value - part["return"]).pow(2)).sum() / w.sum()
                 optimizer.zero_grad()
                 self.manual_backward(loss)
                 if max_grad_norm is not None:
                     self.clip_gradients(optimizer, max_grad_norm, "norm")
                 optimizer.step()
                 total, count = total + loss.detach(), count + 1
-        return total / count
+        return total / max(count, 1)
 
+    # ------------------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The MLflow run id lets a resumed run continue the same run instead of starting a new curve at step 0.
         checkpoint["pgkit"] = checkpoint_metadata(getattr(self.logger, "run_id", None))
-
-
-    def save_env_state(self, checkpoint: Path) -> None:
-        """Write this rank's vector env and next observation next to ``checkpoint`` (see :mod:`pgkit.resume_state`;
-        sync vector envs only)."""
-        if not isinstance(self.envs.unwrapped if self.envs is not None else None, SyncVectorEnv):
-            return
-        state = {"envs": self.envs, "next_obs": self._next_obs.numpy(), "env_id": self.cfg.env.id}
-        save_env_state(sidecar_path(checkpoint, self.global_rank), state)
-
-    def restore_env_state(self, checkpoint: Path) -> None:
-        """Replace the freshly reset envs by the ones saved with ``checkpoint``, when their signed state verifies;
-        otherwise keep the fresh envs and say why (the run resumes, not bit-exactly)."""
-        state, reason = load_env_state(sidecar_path(checkpoint, self.global_rank))
-        if state is None or state.get("env_id") != self.cfg.env.id:
-            reason = reason or "it belongs to another env"
-            print(f"pgkit: resuming with freshly reset envs: {reason}", file=sys.stderr)
-            return
-        self.envs.close()
-        self.envs = state["envs"]
-        self._next_obs = torch.from_numpy(state["next_obs"])
 
     # ------------------------------------------------------------------------------------------------ subclasses
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
@@ -612,3 +574,4 @@ class OnPolicyModule(L.LightningModule):
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])  # saved with the optimizer state, so kept on resume
                 group["lr"] = group["initial_lr"] * fraction
+

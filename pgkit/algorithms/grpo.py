@@ -10,16 +10,16 @@ a reference policy. Option names and meanings follow TRL's ``GRPOTrainer``.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from pgkit.algorithms.base import MinibatchIndices, OnPolicyModule
+from pgkit.algorithms.base import OnPolicyModule
+from pgkit.algorithms.batching import chunk_rows
 from pgkit.algorithms.common import AlgorithmConfigBase, adam
 from pgkit.errors import ConfigError
 from pgkit.ops import clipped_surrogate, group_advantages, kl_k3, sequence_ratio
@@ -129,6 +129,7 @@ class GRPOConfig(AlgorithmConfigBase):
 
     name: Literal["grpo"] = "grpo"
     """Algorithm selector."""
+    supports_vtrace: ClassVar[bool] = False
     learning_rate: float = Field(1e-3, gt=0, le=10)
     """Adam learning rate of the policy."""
     anneal_lr: bool = False
@@ -197,6 +198,9 @@ class GRPOConfig(AlgorithmConfigBase):
             )
         if self.reward == "pareto" and not self.objectives:
             raise ValueError("algorithm.objectives: reward 'pareto' needs at least one info key (got [])")
+        if self.bptt_horizon is not None:
+            raise ValueError("algorithm.bptt_horizon: GRPO replays each episode whole from its reset; remove it "
+                             f"(got {self.bptt_horizon})")
         if self.adaptive_beta and not self.beta_min <= self.beta <= self.beta_max:
             raise ValueError(
                 f"algorithm.beta: an adaptive beta must start within [beta_min, beta_max] = "
@@ -236,9 +240,8 @@ class GRPO(OnPolicyModule):
         return np.repeat(per_group, self.group_size).tolist()
 
     def begin_rollout(self) -> None:
-        obs, _ = self.envs.reset(seed=self.group_seeds())
-        self._next_obs = torch.as_tensor(obs, dtype=torch.float32)
-        self.reset_observations = self._next_obs.clone()  # kept for inspection: identical within a group
+        self.collector.reset(self.group_seeds())
+        self.reset_observations = copy.deepcopy(self.collector.next_obs)  # for inspection: identical within a group
         self._objectives[:] = 0.0
         self._scoring[:] = True
         self._seen = [False] * len(self.algo.objectives)
@@ -302,34 +305,43 @@ class GRPO(OnPolicyModule):
         self.rollout_metrics.update(self.group_metrics)
         self._steps_per_minibatch = float(self.buffer["mask"].sum()) / self.num_minibatches
 
-    def train_dataloader(self) -> DataLoader:
-        # Minibatches of whole episodes (sub-env columns of the buffer), so sequence-level ratios see all steps.
-        dataset = MinibatchIndices(
-            self.num_envs, self.num_minibatches, self.update_epochs, generator=self.index_generator
-        )
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+    # Minibatches of whole episodes: the units are sub-envs, each one column of the rollout's used steps, laid out
+    # env by env (so sequence-level ratios see all steps, and a recurrent policy replays each from its reset).
+    def make_rows(self) -> None:
+        self.rows = chunk_rows(self.buffer[: self.steps_taken], self.steps_taken)
+        states = self.collector.sequence_states
+        self.chunk_states = None if states is None else states[0]
+
+    @property
+    def rows_per_unit(self) -> int:
+        return self.steps_taken
+
+    @property
+    def num_units(self) -> int:
+        return self.num_envs
 
     def training_step(self, indices: Tensor, batch_idx: int) -> Tensor:
-        terms = self.compute_loss(self.buffer[: self.steps_taken, indices.to(self.device)])
+        terms = self.compute_loss(self.minibatch(indices.to(self.device)))
         self.accumulate(terms)
         return terms["loss"]
 
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
         a = self.algo
-        obs = batch["obs"].flatten(0, 1)
-        dist = self.policy.distribution(obs)
-        action = batch["action"].flatten(0, 1)
-        log_prob = dist.log_prob(action).view_as(batch["log_prob"])
-        entropy = dist.entropy().view_as(batch["log_prob"])
+        obs, action, sequences = batch["obs"], batch["action"], self.sequences(batch)
+
+        def steps(x: Tensor) -> Tensor:  # rows (episode by episode) -> [T, B]
+            return x.view(-1, self.steps_taken).T
+
+        dist = self.policy.distribution(obs, sequences)
         with torch.no_grad():
-            ref_log_prob = self.reference.distribution(obs).log_prob(action).view_as(batch["log_prob"])
+            ref_log_prob = self.reference.distribution(obs, sequences).log_prob(action)
         terms = grpo_loss(
-            log_prob,
-            batch["log_prob"],
-            ref_log_prob,
-            batch["advantage"][0],  # one per episode; its first step always counts
-            batch["mask"],
-            entropy,
+            steps(dist.log_prob(action)),
+            steps(batch["log_prob"]),
+            steps(ref_log_prob),
+            steps(batch["advantage"])[0],  # one per episode; its first step always counts
+            steps(batch["mask"]),
+            steps(dist.entropy()),
             epsilon=a.epsilon,
             epsilon_high=self.epsilon_high,
             beta=float(self.beta),

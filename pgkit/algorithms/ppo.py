@@ -11,6 +11,7 @@ from torch import Tensor
 
 from pgkit.algorithms.base import OnPolicyModule
 from pgkit.algorithms.common import AlgorithmConfigBase, adam
+from pgkit.networks.recurrent import Sequences
 from pgkit.ops import clipped_surrogate, kl_k3, normalize
 
 
@@ -91,10 +92,17 @@ class PPO(OnPolicyModule):
         return adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps)
 
     def loss_terms(
-        self, obs: Tensor, action: Tensor, old_log_prob: Tensor, advantage: Tensor, old_value: Tensor, ret: Tensor
+        self,
+        obs: Tensor,
+        action: Tensor,
+        old_log_prob: Tensor,
+        advantage: Tensor,
+        old_value: Tensor,
+        ret: Tensor,
+        sequences: Sequences | None = None,
     ) -> dict[str, Tensor]:
         algo = self.algo
-        dist, value = self.policy(obs)
+        dist, value = self.policy(obs, sequences)
         if algo.normalize_advantage:
             advantage = normalize(advantage)
         terms = ppo_loss(
@@ -115,7 +123,8 @@ class PPO(OnPolicyModule):
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
         algo = self.algo
         terms = self.loss_terms(
-            batch["obs"], batch["action"], batch["log_prob"], batch["advantage"], batch["value"], batch["return"]
+            batch["obs"], batch["action"], batch["log_prob"], batch["advantage"], batch["value"], batch["return"],
+            self.sequences(batch),
         )
         loss = terms["loss"]
         if algo.target_kl is not None and float(terms["approx_kl"]) > 1.5 * algo.target_kl:

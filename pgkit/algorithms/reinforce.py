@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ class ReinforceConfig(AlgorithmConfigBase):
 
     name: Literal["reinforce"] = "reinforce"
     """Algorithm selector."""
+    supports_vtrace: ClassVar[bool] = False
     learning_rate: float = Field(1e-3, gt=0, le=10)
     """Adam learning rate of the policy (and of the value function when trained jointly)."""
     anneal_lr: bool = False
@@ -124,8 +125,7 @@ class Reinforce(OnPolicyModule):
 
     def begin_rollout(self) -> None:
         if self.algo.batch == "episodes":  # every batch starts fresh episodes
-            obs, _ = self.envs.reset()
-            self._next_obs = torch.as_tensor(obs, dtype=torch.float32)
+            self.collector.reset()
             self.reward_scaler.returns.zero_()
 
     @property
@@ -161,10 +161,11 @@ class Reinforce(OnPolicyModule):
         if a.normalize_returns:
             weight = normalize(weight, mask=mask.bool())
         joint_critic = self.learned_value and not self.separate_critic
+        sequences = self.sequences(batch)
         if joint_critic:
-            dist, value = self.policy(batch["obs"])
+            dist, value = self.policy(batch["obs"], sequences)
         else:  # no critic in this loss: skip its forward pass
-            dist, value = self.policy.distribution(batch["obs"]), None
+            dist, value = self.policy.distribution(batch["obs"], sequences), None
         entropy = dist.entropy()
         terms = reinforce_loss(dist.log_prob(batch["action"]), weight, mask, entropy)
         loss = terms["loss_policy"] + a.ent_coef * terms["loss_entropy"]
@@ -180,14 +181,16 @@ class Reinforce(OnPolicyModule):
             self.clip_gradients(policy_opt, a.max_grad_norm, "norm")
         policy_opt.step()
         if self.separate_critic:
-            keep = mask.bool()
+            # Complete episodes only: a feedforward critic regresses on their steps alone; a recurrent one replays
+            # whole chunks and weighs the rest 0.
+            recurrent = sequences is not None
             value_loss = self.regress_value(
                 optimizers[1],
-                batch["obs"][keep],
-                batch["return"][keep],
+                batch if recurrent else batch[mask.bool()],
                 a.value_epochs,
                 a.value_batch_size,
                 a.max_grad_norm,
+                weight=mask if recurrent else None,
             )
         return {
             "loss": None,  # steps taken above

@@ -171,11 +171,11 @@ class TRPO(OnPolicyModule):
 
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
         a = self.algo
-        obs, actions = batch["obs"], batch["action"]
+        obs, actions, sequences = batch["obs"], batch["action"], self.sequences(batch)
         advantage = normalize(batch["advantage"]) if a.normalize_advantage else batch["advantage"]
         terms = natural_gradient_step(
             self.policy.actor_parameters(),
-            lambda: self.policy.distribution(obs),
+            lambda: self.policy.distribution(obs, sequences),
             actions,
             batch["log_prob"],
             advantage,
@@ -186,9 +186,9 @@ class TRPO(OnPolicyModule):
             a.line_search_max_iter,
         )
         terms["value_loss"] = self.regress_value(
-            self.optimizers(), obs, batch["return"], a.n_critic_updates, a.critic_batch_size, a.max_grad_norm
+            self.optimizers(), batch, a.n_critic_updates, a.critic_batch_size, a.max_grad_norm
         )
         with torch.no_grad():
-            terms["entropy"] = self.policy.distribution(obs).entropy().mean()
+            terms["entropy"] = self.policy.distribution(obs, sequences).entropy().mean()
         terms["loss"] = None  # the steps are taken above
         return terms

@@ -151,10 +151,10 @@ class VMPO(OnPolicyModule):
 
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
         a = self.algo
-        obs = batch["obs"]
-        dist, value = self.policy(obs)
+        obs, sequences = batch["obs"], self.sequences(batch)
+        dist, value = self.policy(obs, sequences)
         with torch.no_grad():
-            target_dist = self.target.distribution(obs)
+            target_dist = self.target.distribution(obs, sequences)
         temperature, alphas = self.duals()
         terms = policy_and_temperature_loss(
             dist.log_prob(batch["action"]), batch["advantage"], temperature, a.epsilon_temperature

@@ -73,7 +73,8 @@ def make_env(
     max_episode_steps: int | None = None,
     render_mode: str | None = None,
 ) -> gym.Env:
-    """One environment with a flat ``Box`` observation space (Discrete/Dict/Tuple observations are flattened)."""
+    """One environment, its observations as the env gives them (:mod:`pgkit.environments.observations` handles
+    Dict, Tuple, image and discrete observations)."""
     route_mujoco_warnings()
     extra: dict[str, Any] = dict(kwargs or {})
     if render_mode is not None:
@@ -81,11 +82,7 @@ def make_env(
     spec = _spec(env_id, max_episode_steps)
     if isinstance(spec, str) and max_episode_steps is not None:
         extra["max_episode_steps"] = max_episode_steps
-    env = gym.make(spec, **extra)
-    obs_space = env.observation_space
-    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
-        env = gym.wrappers.FlattenObservation(env)
-    return env
+    return gym.make(spec, **extra)
 
 
 class SubEnvError(RuntimeError):

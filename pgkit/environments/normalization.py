@@ -121,23 +121,35 @@ class ObservationNormalizer(nn.Module):
     """``clip((obs - mean) / sqrt(var + eps), -clip, clip)`` with running statistics, computed in float64 and
     returned as float32."""
 
-    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, enabled: bool = True) -> None:
+    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, enabled: bool = True, layout=None) -> None:
         super().__init__()
         self.enabled = enabled
         self.clip = clip
         self.rms = RunningMeanStd(shape)
+        self.layout = layout
+        """The :class:`~pgkit.environments.observations.ObservationLayout` of the space, when built for one."""
+
+    def running_stats(self) -> list[RunningMeanStd]:
+        """The statistics that change with training (merged across DDP ranks)."""
+        return [self.rms] if self.enabled else []
 
     def update(self, obs: Array) -> None:
         """Add a batch of raw observations (tensor or numpy) to the statistics (no-op when disabled)."""
         if self.enabled:
-            self.rms.update(obs)
+            self.rms.update(_rows(obs))
 
     def forward(self, obs: Array) -> Tensor:
         """Normalise raw observations (tensor or numpy) into a float32 tensor; never changes the statistics."""
+        obs = _rows(obs)
         if not self.enabled:
             return self.rms.as_output(obs.detach() if isinstance(obs, Tensor) else np.asarray(obs))
         mean, var, _ = self.rms.arrays()
         return self.rms.as_output(standardize(self.rms.as_operand(obs), mean, var, self.clip))
+
+
+def _rows(obs: Array) -> Array:
+    """A batch of observations as ``[B, D]``: a Box of several dims arrives as ``[B, *shape]``."""
+    return obs if obs.ndim == 2 else obs.reshape(obs.shape[0], -1)
 
 
 class RewardScaler(nn.Module):

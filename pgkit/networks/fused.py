@@ -35,7 +35,10 @@ def _layers(trunk: nn.Module) -> list[tuple[nn.Linear, nn.Module]] | None:
 @torch.no_grad()
 def fuse(actor_critic: nn.Module) -> FusedForward | None:
     """A function ``obs -> (distribution, value)`` equal to ``actor_critic(obs)``, with the current weights stacked;
-    None when the trunks cannot be stacked (different depths or activations, or not plain MLPs)."""
+    None when the trunks cannot be stacked (different depths or activations, not plain MLPs, an encoder or a
+    recurrent core)."""
+    if actor_critic.encoder is not None or actor_critic.critic_encoder is not None or actor_critic.recurrent:
+        return None  # only plain MLPs on vector observations are stacked
     head = actor_critic.head
     head_linears: list[nn.Linear] = head.linears()
     value_head: nn.Linear = actor_critic.value_head

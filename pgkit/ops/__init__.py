@@ -19,6 +19,7 @@ from pgkit.ops.surrogate import (
     kl_k3,
     sequence_ratio,
 )
+from pgkit.ops.vtrace import vtrace
 from pgkit.ops.welford import merge_moments
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "normalize",
     "normalize_rewards",
     "sequence_ratio",
+    "vtrace",
 ]
