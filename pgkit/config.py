@@ -267,7 +267,8 @@ class TrainerConfig(BaseModel):
     compile: Literal["auto"] | bool = "auto"
     """``torch.compile`` the acting step and the update's loss: ``auto`` compiles on CUDA and stays eager on CPU
     (where per-call overheads of small policies dominate and compiling measured no faster); ``true`` compiles on
-    any device (CPU needs a C++ compiler); ``false`` never compiles."""
+    any device (CPU needs a C++ compiler); ``false`` never compiles. Recurrent policies always run eager (their
+    sequences change layout every minibatch; cuDNN fuses the recurrence on CUDA)."""
     cuda_graphs: bool = True
     """When compiling on CUDA, also capture CUDA graphs (``mode="reduce-overhead"``): the acting step and the
     minibatch loss have static shapes, so each replays as one graph launch."""

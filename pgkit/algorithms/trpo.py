@@ -173,18 +173,21 @@ class TRPO(OnPolicyModule):
         a = self.algo
         obs, actions, sequences = batch["obs"], batch["action"], self.sequences(batch)
         advantage = normalize(batch["advantage"]) if a.normalize_advantage else batch["advantage"]
-        terms = natural_gradient_step(
-            self.policy.actor_parameters(),
-            lambda: self.policy.distribution(obs, sequences),
-            actions,
-            batch["log_prob"],
-            advantage,
-            a.target_kl,
-            a.cg_max_steps,
-            a.cg_damping,
-            a.line_search_shrinking_factor,
-            a.line_search_max_iter,
-        )
+        # Fisher-vector products differentiate twice; cuDNN's RNN kernels are differentiable once only, so a
+        # recurrent policy on CUDA takes PyTorch's own RNN ops here (a no-op for MLPs and on CPU).
+        with torch.backends.cudnn.flags(enabled=False):
+            terms = natural_gradient_step(
+                self.policy.actor_parameters(),
+                lambda: self.policy.distribution(obs, sequences),
+                actions,
+                batch["log_prob"],
+                advantage,
+                a.target_kl,
+                a.cg_max_steps,
+                a.cg_damping,
+                a.line_search_shrinking_factor,
+                a.line_search_max_iter,
+            )
         terms["value_loss"] = self.regress_value(
             self.optimizers(), batch, a.n_critic_updates, a.critic_batch_size, a.max_grad_norm
         )
