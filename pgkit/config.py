@@ -23,7 +23,7 @@ from pgkit.distributions import DistributionName, LogStdMode, allowed_distributi
 from pgkit.environments import check_env_id
 from pgkit.environments.actions import ActionBounds
 from pgkit.environments.make import Vectorization
-from pgkit.environments.observations import ObservationLayout
+from pgkit.environments.observations import ObservationLayout, describe_space
 from pgkit.networks import Activation, ActorCritic, mlp, output_width
 from pgkit.networks.encoders import ObservationEncoder, conv_output_size
 from pgkit.networks.recurrent import RecurrentCore, RecurrentKind
@@ -106,15 +106,14 @@ class EncoderConfig(BaseModel):
     share: bool = True
     """The critic uses the actor's encoder (SB3's ``share_features_extractor``); false gives it its own CNN."""
 
-    @model_validator(mode="after")
-    def _same_depth(self) -> EncoderConfig:
+    def check(self) -> None:
+        """Raise ``ValueError("<dotted field>: <problem> (got <value>)")`` for inconsistent CNN sizes."""
         sizes = {len(self.cnn_channels), len(self.cnn_kernels), len(self.cnn_strides)}
         if len(sizes) != 1:
             raise ValueError(
                 "policy.encoder.cnn_kernels: cnn_channels, cnn_kernels and cnn_strides need one entry per "
                 f"convolution (got {len(self.cnn_channels)}, {len(self.cnn_kernels)} and {len(self.cnn_strides)})"
             )
-        return self
 
 
 class RecurrentConfig(BaseModel):
@@ -183,16 +182,17 @@ class PolicyConfig(BaseModel):
         if enc.images == "cnn" and not layout.has_image:
             raise ValueError(
                 f"policy.encoder.images: 'cnn' needs an image observation (a uint8 Box of 3 dims, channel-last); "
-                f"{observation_space} has none (got 'cnn')"
+                f"{describe_space(observation_space)} has none (got 'cnn')"
             )
         if enc.images != "flatten":
             for leaf in layout.leaves:
                 if leaf.kind == "image":
+                    where = f" (key {leaf.key!r})" if layout.structured else ""
                     try:
                         conv_output_size(leaf.shape[0], leaf.shape[1], enc.cnn_kernels, enc.cnn_strides)
                     except ValueError as exc:
                         raise ValueError(
-                            f"policy.encoder.cnn_kernels: {exc} (image {leaf.key!r}); use smaller cnn_kernels and "
+                            f"policy.encoder.cnn_kernels: {exc}{where}; use smaller cnn_kernels and "
                             f"cnn_strides (got kernels {list(enc.cnn_kernels)}, strides {list(enc.cnn_strides)})"
                         ) from None
 
@@ -344,6 +344,7 @@ class ExperimentConfig(BaseModel):
         batch = algo.num_steps * env.num_envs
         num_minibatches = getattr(algo, "num_minibatches", 1)
         algo.check_common(self)
+        self.policy.encoder.check()
         if batch % num_minibatches:
             raise ValueError(
                 f"algorithm.num_minibatches: must divide the batch size num_steps * env.num_envs = {batch} "

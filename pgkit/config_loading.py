@@ -161,6 +161,10 @@ def check_spaces(cfg: ExperimentConfig) -> None:
             f"{exc.__class__.__name__}: {exc}"
         ) from None
     try:
+        try:
+            cfg.policy.check_observation_space(env.observation_space)
+        except ValueError as exc:
+            raise ConfigError(f"config error: {exc}") from None
         action_space = env.action_space
         try:
             cfg.policy.resolve_distribution(action_space)

@@ -30,6 +30,15 @@ CASES = {
          "eval.episodes=2", "checkpoint.every_n_iterations=1"],
         8, 5,
     ),
+    # A recurrent policy on a Dict of an image and a vector: the sidecar also carries each env's LSTM state.
+    "ppo-lstm-dict": (
+        "ppo-lstm.yaml",
+        ["env.id=pgkit/Squared-v0", "env.kwargs={observation: dict}", "env.num_envs=2", "algorithm.num_steps=32",
+         "algorithm.bptt_horizon=8", "algorithm.num_minibatches=2", "algorithm.update_epochs=2",
+         "policy.recurrent={hidden_size: 16}", "trainer.total_timesteps=384", "eval.every_n_iterations=2",
+         "eval.episodes=2", "policy.encoder={cnn_channels: [4], cnn_kernels: [3], cnn_strides: [1], cnn_features: 16}"],
+        6, 3,
+    ),
 }
 
 

@@ -207,6 +207,17 @@ class StructuredObservations(nn.Module):
         return TensorDict(out, batch_size=[batch], device=device)
 
 
+def describe_space(space: gym.Space) -> str:
+    """A short description of a space for messages: ``Box(4,) float32``, ``Dict(camera, speed)``."""
+    if isinstance(space, gym.spaces.Dict):
+        return f"Dict({', '.join(map(str, space.spaces))})"
+    if isinstance(space, gym.spaces.Tuple):
+        return f"Tuple({', '.join(describe_space(s) for s in space.spaces)})"
+    if isinstance(space, gym.spaces.Box):
+        return f"Box{tuple(space.shape)} {space.dtype}"
+    return str(space)
+
+
 def _module_key(leaf: Leaf) -> str:
     """ModuleDict keys may not contain dots."""
     return leaf.key.replace(".", "__")
@@ -231,4 +242,4 @@ def make_observation_processor(space: gym.Space, clip: float, enabled: bool) -> 
     return StructuredObservations(layout, clip, enabled)
 
 
-__all__ = ["Leaf", "ObservationLayout", "StructuredObservations", "make_observation_processor"]
+__all__ = ["Leaf", "ObservationLayout", "StructuredObservations", "describe_space", "make_observation_processor"]
