@@ -86,14 +86,16 @@ class EnvConfig(BaseModel):
 
 class EncoderConfig(BaseModel):
     """How observations become features: one encoder per array of the observation (per key of a Dict or entry of a
-    Tuple), concatenated, as SB3's ``CombinedExtractor``. Float vectors pass through flat (normalised when
-    ``env.normalize_obs``), Discrete and MultiDiscrete observations become one-hot vectors, and images (``uint8``
-    Box of 3 dims, channel-last) go through a CNN, scaled to [0, 1] and never normalised by running statistics."""
+    Tuple), concatenated, as SB3's ``CombinedExtractor``. Box vectors pass through flat (normalised when
+    ``env.normalize_obs``), MultiBinary too (never normalised), Discrete and MultiDiscrete observations become one-hot
+    vectors, and images (``uint8`` Box of 3 dims) go through a CNN, scaled to [0, 1] and never normalised by
+    running statistics."""
 
     model_config = _MODEL
 
     images: Literal["auto", "cnn", "flatten"] = "auto"
-    """``auto``: a CNN for every image in the observation; ``cnn``: the same, and an error if there is none;
+    """``auto``: a CNN for every image in the observation (a ``uint8`` Box of 3 dims, channel-last, or
+    channel-first when the first dim is the smallest, as SB3); ``cnn``: the same, and an error if there is none;
     ``flatten``: images as flat vectors scaled to [0, 1]."""
     cnn_channels: tuple[PositiveInt, ...] = Field((32, 64, 64), min_length=1)
     """Output channels of each convolution (NatureCNN's by default)."""
@@ -160,6 +162,13 @@ class PolicyConfig(BaseModel):
     recurrent: RecurrentConfig | None = None
     """A recurrent core (LSTM or GRU); null for a feedforward policy."""
 
+    def check(self) -> None:
+        """Raise ``ValueError("<dotted field>: <problem> (got <value>)")`` for settings that contradict each other."""
+        self.encoder.check()
+        if self.recurrent is not None and self.recurrent.shared and not self.encoder.share:
+            raise ValueError("policy.encoder.share: a shared recurrent core (policy.recurrent.shared) reads one "
+                             "encoder's features; set policy.encoder.share: true (got False)")
+
     def resolve_distribution(self, action_space: gym.Space) -> DistributionName:
         """The distribution to use on ``action_space``; raises ``ValueError`` if the configured one cannot act."""
         allowed = allowed_distributions(action_space)
@@ -189,7 +198,7 @@ class PolicyConfig(BaseModel):
                 if leaf.kind == "image":
                     where = f" (key {leaf.key!r})" if layout.structured else ""
                     try:
-                        conv_output_size(leaf.shape[0], leaf.shape[1], enc.cnn_kernels, enc.cnn_strides)
+                        conv_output_size(*leaf.image_size[:2], enc.cnn_kernels, enc.cnn_strides)
                     except ValueError as exc:
                         raise ValueError(
                             f"policy.encoder.cnn_kernels: {exc}{where}; use smaller cnn_kernels and "
@@ -344,7 +353,7 @@ class ExperimentConfig(BaseModel):
         batch = algo.num_steps * env.num_envs
         num_minibatches = getattr(algo, "num_minibatches", 1)
         algo.check_common(self)
-        self.policy.encoder.check()
+        self.policy.check()
         if batch % num_minibatches:
             raise ValueError(
                 f"algorithm.num_minibatches: must divide the batch size num_steps * env.num_envs = {batch} "

@@ -150,8 +150,6 @@ class Collector:
             start_s[t] = self.episode_start if host else torch.as_tensor(self.episode_start)
             m.mark_step()
             raw, log_prob, value, env_action, next_state = m.policy_step(norm_obs, state)
-            if recurrent and m._graph_steps:  # a CUDA graph's outputs are overwritten by its next replay
-                next_state = next_state.clone()
             obs_b[t], act_b[t], logp_b[t], val_b[t] = norm_obs, raw, log_prob, value
             try:
                 next_obs, reward, terminated, truncated, info = self.envs.step(env_action.cpu().numpy())
@@ -184,6 +182,8 @@ class Collector:
                 for key, fill in (("reward", 0.0), ("value", 0.0), ("terminated", True), ("truncated", False),
                                   ("episode_start", True)):
                     b[key][t + 1 :] = fill
+                if recurrent:  # unused chunks start from zero, not from a previous rollout's states
+                    self.sequence_states[-(-(t + 1) // self.horizon) :] = 0.0
                 break
         self.next_obs, self.state = obs, state
         return episodes

@@ -10,15 +10,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pgkit.bench import (
-    LAST_EPISODES,
-    SuiteConfig,
-    aggregate,
-    curve_on_grid,
-    last_mean,
-    results_markdown,
-    write_reports,
-)
+from pgkit.bench import SuiteConfig, last_mean
+from pgkit.bench_report import LAST_EPISODES, aggregate, curve_on_grid, results_markdown, write_reports
 from pgkit.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -47,7 +47,7 @@ def test_env_checker_seeding_and_vectorisation(env_id, kwargs):
 
 
 def test_docstrings_document_the_optimal_return():
-    for module in ("bandit", "squared", "memory", "pomdp"):
+    for module in ("bandit", "squared", "memory", "pomdp", "tool_selection"):
         doc = __import__(f"pgkit.environments.{module}", fromlist=["_"]).__doc__
         assert "Optimal return" in doc or "Optimal returns" in doc, module
 

@@ -118,3 +118,53 @@ def test_policy_builds_cnn_per_image_and_shares_it_by_default():
     obs = {"camera": np.zeros((3, 36, 36, 3), np.uint8), "speed": np.ones((3, 1), np.float32)}
     dist, value = policy(processor(obs))
     assert dist.sample().shape == (3,) and value.shape == (3,)
+
+
+@pytest.mark.parametrize("shared_trunk", [False, True])
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("recurrent", [None, {"hidden_size": 8}, {"hidden_size": 8, "shared": True}])
+def test_value_is_the_same_on_every_path(shared_trunk, share, recurrent):
+    """forward(), value() and the acting step() compute the critic through the same parts, whatever is shared."""
+    if recurrent and recurrent.get("shared") and not share:
+        return  # refused by the config (a shared core reads one encoder)
+    space = gym.spaces.Dict({"camera": gym.spaces.Box(0, 255, (9, 9, 3), np.uint8),
+                             "speed": gym.spaces.Box(-1, 1, (2,), np.float32)})
+    cfg = PolicyConfig(shared_trunk=shared_trunk, recurrent=recurrent,
+                       encoder={"share": share, "cnn_channels": [4], "cnn_kernels": [3], "cnn_strides": [2],
+                                "cnn_features": 8})
+    torch.manual_seed(0)
+    policy = cfg.init(space, gym.spaces.Discrete(2))
+    processor = make_observation_processor(space, 10.0, False)
+    rng = np.random.default_rng(0)
+    obs = processor({"camera": rng.integers(0, 256, (5, 9, 9, 3), dtype=np.uint8),
+                     "speed": rng.normal(size=(5, 2)).astype(np.float32)})
+    state = torch.randn(5, policy.state_size)
+    sequences = None
+    if recurrent:
+        from pgkit.networks.recurrent import Sequences
+
+        sequences = Sequences(torch.ones(5, dtype=torch.bool), state)  # five sequences of one step
+    with torch.no_grad():
+        dist, value = policy(obs, sequences)
+        torch.testing.assert_close(policy.value(obs, sequences), value)
+        torch.testing.assert_close(policy.distribution(obs, sequences).log_p, dist.log_p)
+        step_dist, step_value, _ = policy.step(obs, state if recurrent else policy.initial_state(5))
+        torch.testing.assert_close(step_value, value)
+        torch.testing.assert_close(step_dist.log_p, dist.log_p)
+    if not share and not shared_trunk:  # the critic's own CNN is used
+        (policy(obs, sequences)[1].sum()).backward()
+        assert policy.critic_encoder.parts["camera"].net[0].weight.grad.abs().sum() > 0
+
+
+def test_channel_first_frame_stacks_and_multibinary():
+    stack = gym.spaces.Box(0, 255, (4, 16, 16), np.uint8)
+    (leaf,) = ObservationLayout.from_space(stack).leaves
+    assert leaf.channels_first and leaf.image_size == (16, 16, 4)
+    encoder = ImageEncoder(leaf.shape, (8,), (3,), (2,), 10, True, channels_first=True)
+    image = torch.randint(0, 256, (2, 4, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(image), encoder.net(image.float() / 255.0))
+    PolicyConfig(encoder={"cnn_kernels": [3], "cnn_strides": [2], "cnn_channels": [8]}).check_observation_space(stack)
+    flags = make_observation_processor(gym.spaces.MultiBinary(3), clip=10.0, enabled=True)
+    assert flags.running_stats() == []  # 0/1 flags are never normalised
+    torch.testing.assert_close(flags(np.array([[1, 0, 1]], np.int8)), torch.tensor([[1.0, 0.0, 1.0]]))

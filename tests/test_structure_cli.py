@@ -105,6 +105,27 @@ def test_vtrace_and_recurrence_refusals_name_their_field(capsys):
     assert code == 2 and err.startswith("config error: algorithm.advantage: reinforce does not bootstrap")
 
 
+def test_tuple_of_discrete_observations_fits_evaluates_and_resumes(tmp_path, capsys):
+    """Blackjack-v1 observes Tuple(Discrete(32), Discrete(11), Discrete(2)): three one-hot leaves."""
+    config = {
+        "algorithm": {"name": "ppo", "num_steps": 32, "num_minibatches": 2, "update_epochs": 2},
+        "env": {"id": "Blackjack-v1", "num_envs": 4, "normalize_reward": False},
+        "trainer": {"total_timesteps": 256, "output_dir": "run"},
+        "logger": {"enabled": False},
+        "eval": {"every_n_iterations": 2, "episodes": 4},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert cli(capsys, "fit", "--config", "c.yaml")[0] == 0
+    state = torch.load("run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert state["policy.actor_trunk.0.weight"].shape[1] == 32 + 11 + 2  # one-hot widths, concatenated
+    assert not any("normalizer" in key for key in state)  # nothing to normalise
+    code, out, err = cli(capsys, "eval", "--checkpoint", "run/checkpoints/last.ckpt", "--episodes", "5", "--json")
+    assert code == 0 and json.loads(out)["episodes"] == 5, err[-2000:]
+    code, _, err = cli(capsys, "fit", "--config", "c.yaml", "--set", "trainer.total_timesteps=512", "--resume",
+                       "run/checkpoints/last.ckpt")
+    assert code == 0, err[-2000:]
+
+
 def test_video_of_an_image_policy_with_memory(tmp_path, capsys):
     config = {
         "algorithm": {"name": "ppo", "num_steps": 16, "num_minibatches": 2, "update_epochs": 1},

@@ -2,7 +2,7 @@
 
 A mixin of :class:`~pgkit.algorithms.base.OnPolicyModule`. Both functions are pure tensor functions with static
 shapes, so on CUDA they are also captured as CUDA graphs (``mode="reduce-overhead"``). Recurrent policies stay eager:
-their replay runs packed sequences of varying layout through cuDNN's own fused RNN kernels.
+their replayed sequences change layout every minibatch, and cuDNN (oneDNN on CPU) already fuses the recurrence.
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@ gymnasium gives observations as arrays, or as dicts and tuples of arrays (``Dict
 nested). pgkit keeps their structure instead of flattening it, so an image stays an image for a CNN. Each array is
 a *leaf* of one of three kinds:
 
-- ``vector``: a float ``Box`` (any shape, flattened) or a ``MultiBinary``. Box vectors are normalised by running
+- ``vector``: any other ``Box`` (any shape, flattened) or a ``MultiBinary``. Box vectors are normalised by running
   statistics when ``env.normalize_obs``; MultiBinary leaves are 0/1 already and pass through.
-- ``image``: a ``uint8`` ``Box`` of 3 dims, channel-last as gymnasium gives them. Stored as ``uint8`` (4x less
-  memory than float32), scaled to [0, 1] by the encoder, never normalised by running statistics.
+- ``image``: a ``uint8`` ``Box`` of 3 dims, channel-last as gymnasium gives them (or channel-first when the first
+  dim is the smallest, as a frame stack ``[4, 84, 84]``: SB3's rule). Stored as ``uint8`` (4x less memory than
+  float32), scaled to [0, 1] by the encoder, never normalised by running statistics.
 - ``discrete``: ``Discrete`` or ``MultiDiscrete``, stored as int64 category indices (``start`` subtracted) and
   one-hot encoded by the encoder.
 
@@ -47,12 +48,21 @@ class Leaf:
     start: tuple[int, ...] = ()
     """Discrete leaves: the smallest value of each component (subtracted when stored)."""
     normalize: bool = False
-    """Whether running-statistics normalisation may apply (float Box vectors only)."""
+    """Whether running-statistics normalisation may apply (Box vectors only)."""
+    channels_first: bool = False
+    """Images: stored ``[C, H, W]`` rather than ``[H, W, C]``."""
 
     @property
     def key(self) -> str:
         """The leaf's name in a processed observation (dotted path)."""
         return ".".join(str(p) for p in self.path) or "obs"
+
+    @property
+    def image_size(self) -> tuple[int, int, int]:
+        """Images: ``(height, width, channels)`` whatever the layout."""
+        if self.channels_first:
+            return self.shape[1], self.shape[2], self.shape[0]
+        return self.shape[0], self.shape[1], self.shape[2]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -76,7 +86,8 @@ def _leaves(space: gym.Space, path: tuple[str | int, ...]) -> Iterator[Leaf]:
             yield from _leaves(sub, (*path, i))
     elif isinstance(space, gym.spaces.Box):
         if _is_image(space):
-            yield Leaf(path, "image", tuple(int(s) for s in space.shape))
+            shape = tuple(int(s) for s in space.shape)
+            yield Leaf(path, "image", shape, channels_first=int(np.argmin(shape)) == 0)
         else:
             yield Leaf(path, "vector", (int(np.prod(space.shape)),), normalize=True)
     elif isinstance(space, gym.spaces.MultiBinary):
@@ -238,7 +249,8 @@ def make_observation_processor(space: gym.Space, clip: float, enabled: bool) -> 
     """
     layout = ObservationLayout.from_space(space)
     if layout.plain_vector:
-        return ObservationNormalizer(layout.leaves[0].shape, clip, enabled, layout=layout)
+        leaf = layout.leaves[0]
+        return ObservationNormalizer(leaf.shape, clip, enabled and leaf.normalize, layout=layout)
     return StructuredObservations(layout, clip, enabled)
 
 

@@ -5,6 +5,9 @@ N(0, 1). The agent picks one of ``num_tools`` tools. Each task type has one best
 fallback (reward 0.3) and the rest wrong (reward 0); every call also costs its tool's price, so the reward is
 ``quality - cost``. ``info`` reports ``quality``, ``speed`` (``-cost``) and ``optimal`` (whether the best tool was
 chosen), so the env also serves multi-objective (Pareto) scoring.
+
+Optimal return: ``1 - cost`` of each task's best tool, 0.934 on average with the default layout; a uniformly random
+choice gets 0.156.
 """
 
 from __future__ import annotations

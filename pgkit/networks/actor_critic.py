@@ -115,8 +115,11 @@ class ActorCritic(nn.Module):
             critic_latent = latent
         else:
             critic_features = features if self.critic_encoder is None else self.critic_encoder(obs)
-            critic_core = core_out if self.critic_core is None else self._core(critic_features, sequences, True)
-            critic_latent = self.critic_trunk(critic_core)
+            if self.critic_core is not None:
+                critic_in = self._core(critic_features, sequences, True)
+            else:  # the actor's core (shared, and then so is the encoder), or none
+                critic_in = core_out if self.core is not None else critic_features
+            critic_latent = self.critic_trunk(critic_in)
         return self.head(latent), self.value_head(critic_latent).squeeze(-1)
 
     # ---------------------------------------------------------------------------------------------------- acting
@@ -132,10 +135,10 @@ class ActorCritic(nn.Module):
         if self.critic_trunk is None:
             critic_latent, next_critic = latent, critic_state
         else:
-            critic_features = features if self.critic_encoder is None else self.critic_encoder(obs)
-            if self.critic_core is None:
+            if self.critic_core is None:  # the actor's core is shared, and then so is the encoder
                 critic_out, next_critic = core_out, critic_state
             else:
+                critic_features = features if self.critic_encoder is None else self.critic_encoder(obs)
                 critic_out, next_critic = self.critic_core.step(critic_features, critic_state)
             critic_latent = self.critic_trunk(critic_out)
         next_state = torch.cat([next_actor, next_critic], dim=-1)

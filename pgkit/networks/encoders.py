@@ -33,7 +33,8 @@ def conv_output_size(height: int, width: int, kernels: Sequence[int], strides: S
 
 
 class ImageEncoder(nn.Module):
-    """``uint8 [B, H, W, C]`` -> ``[B, features]``: scale to [0, 1], convolutions with ReLU, flatten, linear, ReLU."""
+    """``uint8 [B, H, W, C]`` (or ``[B, C, H, W]`` with ``channels_first``) -> ``[B, features]``: scale to [0, 1],
+    convolutions with ReLU, flatten, linear, ReLU."""
 
     def __init__(
         self,
@@ -43,9 +44,14 @@ class ImageEncoder(nn.Module):
         strides: Sequence[int],
         features: int,
         ortho_init: bool,
+        channels_first: bool = False,
     ) -> None:
         super().__init__()
-        height, width, in_channels = shape
+        self.channels_first = channels_first
+        if channels_first:
+            in_channels, height, width = shape
+        else:
+            height, width, in_channels = shape
         out_h, out_w = conv_output_size(height, width, kernels, strides)
         layers: list[nn.Module] = []
         for out_channels, kernel, stride in zip(channels, kernels, strides, strict=True):
@@ -61,7 +67,8 @@ class ImageEncoder(nn.Module):
                     nn.init.zeros_(layer.bias)
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.net(image.permute(0, 3, 1, 2).float().div(255.0))
+        image = image if self.channels_first else image.permute(0, 3, 1, 2)
+        return self.net(image.float().div(255.0))
 
 
 class ScaledFlatten(nn.Module):
@@ -119,7 +126,8 @@ class ObservationEncoder(nn.Module):
         def build(leaf: Leaf) -> nn.Module:
             if leaf.kind == "image":
                 if image == "cnn":
-                    return ImageEncoder(leaf.shape, channels, kernels, strides, features, ortho_init)
+                    return ImageEncoder(leaf.shape, channels, kernels, strides, features, ortho_init,
+                                        leaf.channels_first)
                 return ScaledFlatten(leaf.shape)
             if leaf.kind == "discrete":
                 return OneHot(leaf.nvec)
