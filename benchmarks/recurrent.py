@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import multiprocessing as mp
 import os
 import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from isolation import isolated
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,22 +105,6 @@ def run_sb3(env_id: str, seed: int, hidden: int, steps: int) -> dict:
     model.learn(total_timesteps=steps, callback=Record())
     elapsed = time.perf_counter() - start
     return {"sps": model.num_timesteps / elapsed, "episodes": episodes}
-
-
-def _child(queue: mp.Queue, fn, args) -> None:
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    queue.put(fn(*args))
-
-
-def isolated(fn, *args) -> dict:
-    """Run ``fn(*args)`` in a fresh spawned process and return its result."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, fn, args))
-    proc.start()
-    value = queue.get()
-    proc.join()
-    return value
 
 
 def plot(env_id: str, curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:

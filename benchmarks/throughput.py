@@ -18,13 +18,14 @@ Each measurement runs in a fresh process (``spawn``), so none inherits another's
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from isolation import isolated
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,22 +101,6 @@ def pgkit_sps(config: str, overrides: list[str], steps: int, threads: int) -> fl
         result = fit(cfg)
         elapsed = time.perf_counter() - start
     return result.env_steps / elapsed
-
-
-def _child(queue: mp.Queue, fn, args) -> None:
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    queue.put(fn(*args))
-
-
-def isolated(fn, *args) -> float:
-    """Run ``fn(*args)`` in a fresh spawned process and return its result."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, fn, args))
-    proc.start()
-    value = queue.get()
-    proc.join()
-    return value
 
 
 def main() -> None:
