@@ -44,7 +44,7 @@ class EnvStepProgressBar(ProgressBar):
             unit="step",
             unit_scale=True,
             dynamic_ncols=True,
-            desc=f"{pl_module.cfg.algorithm.name} {pl_module.cfg.env.id}",
+            desc=pl_module.cfg.label,
         )
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: OnPolicyModule, batch, batch_idx: int) -> None:

@@ -117,6 +117,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     agent, cfg, seed = restore_agent(args.checkpoint, args.seed)
     from pgkit.evaluation import evaluate
 
+    if hasattr(cfg, "model"):  # a language model: mean reward on the held-out prompts
+        if args.video:
+            raise UserError("eval error: --video: a language model has no frames to record")
+        records = agent.eval_records[: args.episodes]
+        if not records:
+            raise UserError("eval error: the run held out no prompts (prompts.eval_prompts: 0)")
+        temperature = None if args.deterministic else cfg.generation.temperature
+        result, _ = agent.evaluate_prompts(records, 0.0 if args.deterministic else temperature, seed=seed)
+        if args.json:
+            print(json.dumps({"mean_return": result.mean_return, "std_return": result.std_return,
+                              "episodes": len(result.returns), "returns": result.returns, "lengths": result.lengths}))
+        else:
+            print(f"{cfg.model.path}: mean reward {result.mean_return:.4f} ± {result.std_return:.4f} over "
+                  f"{len(result.returns)} held-out prompts")
+        return 0
     env = cfg.env
     result = evaluate(agent, env.id, args.episodes, args.deterministic, seed, env.kwargs, env.max_episode_steps)
     if args.video:

@@ -264,9 +264,10 @@ class TrainerConfig(BaseModel):
     """Lightning accelerator. Small MLP policies are usually fastest on CPU."""
     devices: int = Field(1, ge=1, le=1024)
     """Devices (processes) per node."""
-    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
     """Lightning strategy. With ``devices`` (or ``num_nodes``) above 1, ``ddp`` runs one process per device, each
-    with its own envs and rollout; gradients are averaged and normaliser statistics merged every iteration."""
+    with its own envs and rollout; gradients are averaged and normaliser statistics merged every iteration.
+    ``fsdp`` shards the parameters over the devices (for language models that do not fit one; CUDA)."""
     num_nodes: int = Field(1, ge=1, le=4096)
     """Machines taking part (Lightning's ``num_nodes``; launch with torchrun or SLURM, see docs/distributed.md)."""
     skip_nonfinite_batches: bool = False
@@ -368,6 +369,11 @@ class ExperimentConfig(BaseModel):
         if self.trainer.output_dir is None:
             object.__setattr__(self.trainer, "output_dir", f"runs/{self.default_run_name}")
         return self
+
+    @property
+    def label(self) -> str:
+        """``<algorithm> <env id>``, for progress bars."""
+        return f"{self.algorithm.name} {self.env.id}"
 
     @property
     def default_run_name(self) -> str:

@@ -67,32 +67,49 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+Schema = tuple[type[BaseModel], dict[str, type[BaseModel]]]
+"""The root model of a config and its algorithm configs by name."""
+
+
+def schema_of(data: Any) -> Schema:
+    """A config with a ``model`` section trains a language model; any other, a gymnasium env."""
+    if isinstance(data, dict) and "model" in data:
+        from pgkit.llm.config import TEXT_ALGORITHMS, LanguageExperimentConfig
+
+        return LanguageExperimentConfig, TEXT_ALGORITHMS
+    return ExperimentConfig, {name: config for name, (config, _) in ALGORITHMS.items()}
+
+
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     """The config model holding the field at ``loc`` (for suggesting key names)."""
-    model: type[BaseModel] | None = ExperimentConfig
+    model: type[BaseModel] | None = root
     for part in loc[:-1]:
         if model is None:
             return None
-        if model is ExperimentConfig and part == "algorithm":
-            return None  # resolved by the caller through ALGORITHMS
+        if model is root and part == "algorithm":
+            return None  # resolved by the caller through the algorithm configs
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None) if field else None
+        if annotation is not None and not isinstance(annotation, type):  # X | None
+            members = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type)]
+            annotation = next((a for a in members if issubclass(a, BaseModel)), None)
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return model
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+def _clean_loc(loc: tuple[Any, ...], algorithms: dict[str, type[BaseModel]]) -> tuple[Any, ...]:
     # Pydantic puts the discriminator's tag in the location of union members: algorithm.ppo.clip_range.
-    if len(loc) >= 2 and loc[0] == "algorithm" and loc[1] in ALGORITHMS:
+    if len(loc) >= 2 and loc[0] == "algorithm" and loc[1] in algorithms:
         return (loc[0], *loc[2:])
     return loc
 
 
-def _suggest(loc: tuple[Any, ...], algo_name: str | None) -> str:
-    if len(loc) >= 2 and loc[0] == "algorithm" and algo_name in ALGORITHMS:
-        model: type[BaseModel] | None = ALGORITHMS[algo_name][0] if len(loc) == 2 else None
+def _suggest(loc: tuple[Any, ...], algo_name: str | None, schema: Schema) -> str:
+    root, algorithms = schema
+    if len(loc) >= 2 and loc[0] == "algorithm" and algo_name in algorithms:
+        model: type[BaseModel] | None = algorithms[algo_name] if len(loc) == 2 else None
     else:
-        model = _model_at(loc)
+        model = _model_at(loc, root)
     if model is None:
         return ""
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
@@ -112,14 +129,15 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> str:
     """One line for the first error (with a count of the others)."""
+    schema = schema_of(data)
     errors = exc.errors(include_url=False)
     err = errors[0]
-    loc = _clean_loc(tuple(err["loc"]))
+    loc = _clean_loc(tuple(err["loc"]), schema[1])
     field = ".".join(_key(p) for p in loc)
     kind, value = err["type"], err.get("input")
     algo = data.get("algorithm")
     algo_name = algo.get("name") if isinstance(algo, dict) else None
-    names = ", ".join(ALGORITHMS)
+    names = ", ".join(schema[1])
     if kind == "union_tag_invalid":
         message = f"algorithm.name: unknown algorithm {_short(algo_name)}; expected one of: {names}"
     elif kind == "union_tag_not_found":
@@ -127,7 +145,7 @@ def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> str:
     elif kind == "model_attributes_type" or kind == "model_type":
         message = f"{field or '<top level>'}: expected a mapping (got {_short(value)})"
     elif kind == "extra_forbidden":
-        message = f"{field}: unknown key{_suggest(loc, algo_name)} (got {_short(value)})"
+        message = f"{field}: unknown key{_suggest(loc, algo_name, schema)} (got {_short(value)})"
     elif kind == "missing":
         message = f"{field}: required field is missing"
     elif not loc:
@@ -141,12 +159,19 @@ def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> str:
     return f"config error: {message}{suffix}"
 
 
-def parse_config(data: dict[str, Any]) -> ExperimentConfig:
-    """Validate a config mapping, raising :class:`ConfigError` with one readable line on failure."""
+def parse_config(data: dict[str, Any]) -> Any:
+    """Validate a config mapping, raising :class:`ConfigError` with one readable line on failure: an
+    :class:`ExperimentConfig`, or a :class:`~pgkit.llm.config.LanguageExperimentConfig` when it has a ``model``."""
+    root, _ = schema_of(data)
     try:
-        cfg = ExperimentConfig.model_validate(data)
+        cfg = root.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, data)) from None
+    if root is not ExperimentConfig:
+        from pgkit.llm.validation import check_language_config
+
+        check_language_config(cfg)
+        return cfg
     check_spaces(cfg)
     return cfg
 

@@ -50,6 +50,8 @@ def quiet_lightning() -> None:
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",  # Lightning 2.6 with torch 2.13, harmless
         ".*sync_dist=True.*",  # eval/mean_return is the same on every rank (same policy, same eval seeds)
         ".*torch.distributed.nn.functional.all_gather is deprecated.*",  # inside Lightning's all_gather
+        ".*module\\(s\\) in eval mode at the start of training.*",  # frozen reference policies, deliberately
+        ".*is_gradient_checkpointing` is deprecated.*",  # peft asks transformers 5 the old name
     ):
         warnings.filterwarnings("ignore", pattern)
 

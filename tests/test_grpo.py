@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from pgkit.algorithms.grpo import adapt_beta, aggregate, grpo_loss, pareto_scores, relative_scores
+from pgkit.algorithms.grpo import adapt_beta, aggregate, grpo_loss
 from pgkit.config_loading import load_config
 from pgkit.errors import ConfigError
 from pgkit.evaluation import restore_agent
+from pgkit.ops import pareto_scores, relative_scores
 from pgkit.training import fit
 
 CONFIGS = Path(__file__).parent.parent / "configs"

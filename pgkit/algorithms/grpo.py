@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from tensordict import TensorDict
 from torch import Tensor
 
@@ -22,29 +22,9 @@ from pgkit.algorithms.base import OnPolicyModule
 from pgkit.algorithms.batching import chunk_rows
 from pgkit.algorithms.common import AlgorithmConfigBase, adam
 from pgkit.errors import ConfigError
-from pgkit.ops import clipped_surrogate, group_advantages, kl_k3, sequence_ratio
+from pgkit.ops import clipped_surrogate, group_advantages, kl_k3, pareto_scores, relative_scores, sequence_ratio
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
-
-
-# ------------------------------------------------------------------------------------------------ reward computers
-def relative_scores(returns: Tensor) -> Tensor:
-    """Normalised rank within each group, ``[P, G] -> [P, G]`` in ``[0, 1]``: 0 the worst, 1 the best; ties share
-    their mean rank."""
-    above = (returns.unsqueeze(2) > returns.unsqueeze(1)).sum(2).to(returns.dtype)
-    ties = (returns.unsqueeze(2) == returns.unsqueeze(1)).sum(2).to(returns.dtype) - 1
-    return (above + ties / 2) / max(returns.shape[1] - 1, 1)
-
-
-def pareto_scores(objectives: Tensor) -> Tensor:
-    """Pareto rank within each group for objectives ``[P, G, K]`` (all maximised), ``-> [P, G]`` in ``[0, 1]``.
-
-    Fonseca-Fleming ranking: ``1 - (members that dominate this one) / (G - 1)``, so every non-dominated member
-    scores 1. ``j`` dominates ``i`` when it is at least as good in every objective and better in one.
-    """
-    i_obj, j_obj = objectives.unsqueeze(2), objectives.unsqueeze(1)  # [P, i, 1, K], [P, 1, j, K]
-    dominates = (j_obj >= i_obj).all(-1) & (j_obj > i_obj).any(-1)  # [P, i, j]: j dominates i
-    return 1.0 - dominates.sum(2).to(objectives.dtype) / max(objectives.shape[1] - 1, 1)
 
 
 # ------------------------------------------------------------------------------------------------------------ loss
@@ -124,29 +104,14 @@ def adapt_beta(beta: float, kl: float, target: float, low: float, high: float) -
 
 
 # ---------------------------------------------------------------------------------------------------------- config
-class GRPOConfig(AlgorithmConfigBase):
-    """GRPO / GSPO hyperparameters (TRL ``GRPOConfig`` names where TRL has the option)."""
+class GroupPolicyOptions(BaseModel):
+    """GRPO's options shared by gymnasium episodes and text completions (TRL ``GRPOConfig`` names where TRL has
+    the option)."""
 
-    name: Literal["grpo"] = "grpo"
-    """Algorithm selector."""
-    supports_vtrace: ClassVar[bool] = False
-    learning_rate: float = Field(1e-3, gt=0, le=10)
-    """Adam learning rate of the policy."""
-    anneal_lr: bool = False
-    num_steps: int = Field(500, ge=1, le=1_000_000)
-    """Longest episode: one not ended after this many steps is cut there and scored as it stands."""
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    group_size: int = Field(8, ge=2, le=4096)
-    """Episodes per group (TRL's ``num_generations``); ``env.num_envs`` must be a multiple of it."""
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
     num_iterations: int = Field(1, ge=1, le=1000)
     """Passes over each batch of episodes (TRL's ``num_iterations``, the paper's mu)."""
-    num_minibatches: int = Field(1, ge=1)
-    """Minibatches of whole episodes per pass; must divide ``env.num_envs``."""
-    reward: Literal["absolute", "relative", "pareto"] = "absolute"
-    """Episode score: ``absolute`` its return; ``relative`` its normalised rank in the group (0 worst, 1 best);
-    ``pareto`` its Pareto rank in the group over ``objectives``."""
-    objectives: list[str] = Field(default_factory=list)
-    """For ``reward: pareto``: keys of the env's step ``info``, each summed over the episode and maximised."""
     baseline: Literal["mean", "median", "min"] = "mean"
     """What each score is measured against within its group."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
@@ -179,6 +144,37 @@ class GRPOConfig(AlgorithmConfigBase):
     ent_coef: float = Field(0.0, ge=0)
     """Weight of the entropy bonus (not in TRL; the ruvllm presets use one)."""
 
+
+    def check_beta(self) -> None:
+        """Raise ``ValueError`` for an adaptive beta that starts outside its bounds."""
+        if self.adaptive_beta and not self.beta_min <= self.beta <= self.beta_max:
+            raise ValueError(
+                f"algorithm.beta: an adaptive beta must start within [beta_min, beta_max] = "
+                f"[{self.beta_min}, {self.beta_max}] (got {self.beta})"
+            )
+
+
+class GRPOConfig(AlgorithmConfigBase, GroupPolicyOptions):
+    """GRPO / GSPO hyperparameters (TRL ``GRPOConfig`` names where TRL has the option)."""
+
+    name: Literal["grpo"] = "grpo"
+    """Algorithm selector."""
+    supports_vtrace: ClassVar[bool] = False
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    """Adam learning rate of the policy."""
+    anneal_lr: bool = False
+    num_steps: int = Field(500, ge=1, le=1_000_000)
+    """Longest episode: one not ended after this many steps is cut there and scored as it stands."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    group_size: int = Field(8, ge=2, le=4096)
+    """Episodes per group (TRL's ``num_generations``); ``env.num_envs`` must be a multiple of it."""
+    num_minibatches: int = Field(1, ge=1)
+    """Minibatches of whole episodes per pass; must divide ``env.num_envs``."""
+    reward: Literal["absolute", "relative", "pareto"] = "absolute"
+    """Episode score: ``absolute`` its return; ``relative`` its normalised rank in the group (0 worst, 1 best);
+    ``pareto`` its Pareto rank in the group over ``objectives``."""
+    objectives: list[str] = Field(default_factory=list)
+    """For ``reward: pareto``: keys of the env's step ``info``, each summed over the episode and maximised."""
     def check_experiment(self, experiment) -> None:
         env = experiment.env
         if env.num_envs % self.group_size:
@@ -201,11 +197,7 @@ class GRPOConfig(AlgorithmConfigBase):
         if self.bptt_horizon is not None:
             raise ValueError("algorithm.bptt_horizon: GRPO replays each episode whole from its reset; remove it "
                              f"(got {self.bptt_horizon})")
-        if self.adaptive_beta and not self.beta_min <= self.beta <= self.beta_max:
-            raise ValueError(
-                f"algorithm.beta: an adaptive beta must start within [beta_min, beta_max] = "
-                f"[{self.beta_min}, {self.beta_max}] (got {self.beta})"
-            )
+        self.check_beta()
 
 
 # ---------------------------------------------------------------------------------------------------------- module

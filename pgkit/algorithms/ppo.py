@@ -25,12 +25,14 @@ def ppo_loss(
     entropy: Tensor,
     clip_range: float,
     clip_range_vf: float | None,
+    mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The clipped surrogate, the (optionally clipped) value loss and the entropy term, plus diagnostics.
 
     ``loss_policy = mean(max(-A r, -A clip(r, 1-eps, 1+eps)))`` with ``r = exp(log_prob - old_log_prob)``;
     ``loss_value = 0.5 mean((V - target)^2)``, or the max with the clipped value's error when ``clip_range_vf``;
     ``loss_entropy = -mean(entropy)``. ``approx_kl`` is the low-variance estimator ``mean((r - 1) - log r)``.
+    Every mean is over the entries where ``mask`` is 1 when one is given (the tokens of text completions).
     """
     log_ratio = log_prob - old_log_prob
     ratio = log_ratio.exp()
@@ -39,13 +41,17 @@ def ppo_loss(
     if clip_range_vf is not None:
         clipped = old_value + (value - old_value).clamp(-clip_range_vf, clip_range_vf)
         value_error = torch.max(value_error, (clipped - value_target).pow(2))
+
+    def mean(x: Tensor) -> Tensor:
+        return x.mean() if mask is None else (x * mask).sum() / mask.sum().clamp_min(1.0)
+
     with torch.no_grad():
-        approx_kl = kl_k3(log_ratio).mean()
-        clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
+        approx_kl = mean(kl_k3(log_ratio))
+        clip_fraction = mean(((ratio - 1.0).abs() > clip_range).float())
     return {
-        "loss_policy": surrogate.mean(),
-        "loss_value": 0.5 * value_error.mean(),
-        "loss_entropy": -entropy.mean(),
+        "loss_policy": mean(surrogate),
+        "loss_value": 0.5 * mean(value_error),
+        "loss_entropy": -mean(entropy),
         "approx_kl": approx_kl,
         "clip_fraction": clip_fraction,
     }

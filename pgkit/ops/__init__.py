@@ -7,7 +7,14 @@ The trainers call the same functions, or the tensor functions those are built fr
 """
 
 from pgkit.ops.gae import advantages, batch_compute_gae, compute_gae, gae
-from pgkit.ops.group import compute_group_advantages, group_advantages, group_baseline
+from pgkit.ops.group import (
+    compute_group_advantages,
+    group_advantages,
+    group_baseline,
+    leave_one_out_advantages,
+    pareto_scores,
+    relative_scores,
+)
 from pgkit.ops.rewards import clip_rewards, clip_rewards_py, compute_reward_statistics, normalize_rewards
 from pgkit.ops.scan import discounted_reverse_cumsum
 from pgkit.ops.statistics import explained_variance, normalize
@@ -40,9 +47,12 @@ __all__ = [
     "group_advantages",
     "group_baseline",
     "kl_k3",
+    "leave_one_out_advantages",
     "merge_moments",
     "normalize",
     "normalize_rewards",
+    "pareto_scores",
+    "relative_scores",
     "sequence_ratio",
     "vtrace",
 ]

@@ -77,3 +77,29 @@ def compute_group_advantages(rewards: Any, baseline_type: str = "mean", normaliz
         spread = std > 1e-8  # groups whose rewards (nearly) all agree are left as they are
         advantage = (advantage - mean * spread) * torch.where(spread, 1.0 / (std + 1e-8), 1.0)
     return give_back(advantage.reshape(-1), is_torch(rewards))
+
+
+def relative_scores(returns: Tensor) -> Tensor:
+    """Normalised rank within each group, ``[P, G] -> [P, G]`` in ``[0, 1]``: 0 the worst, 1 the best; ties share
+    their mean rank."""
+    above = (returns.unsqueeze(2) > returns.unsqueeze(1)).sum(2).to(returns.dtype)
+    ties = (returns.unsqueeze(2) == returns.unsqueeze(1)).sum(2).to(returns.dtype) - 1
+    return (above + ties / 2) / max(returns.shape[1] - 1, 1)
+
+
+def pareto_scores(objectives: Tensor) -> Tensor:
+    """Pareto rank within each group for objectives ``[P, G, K]`` (all maximised), ``-> [P, G]`` in ``[0, 1]``.
+
+    Fonseca-Fleming ranking: ``1 - (members that dominate this one) / (G - 1)``, so every non-dominated member
+    scores 1. ``j`` dominates ``i`` when it is at least as good in every objective and better in one.
+    """
+    i_obj, j_obj = objectives.unsqueeze(2), objectives.unsqueeze(1)  # [P, i, 1, K], [P, 1, j, K]
+    dominates = (j_obj >= i_obj).all(-1) & (j_obj > i_obj).any(-1)  # [P, i, j]: j dominates i
+    return 1.0 - dominates.sum(2).to(objectives.dtype) / max(objectives.shape[1] - 1, 1)
+
+
+def leave_one_out_advantages(rewards: Tensor) -> Tensor:
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024): each reward minus the mean of the *other* members of its
+    group, ``[groups, group_size]``; ``r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean)``."""
+    size = rewards.shape[1]
+    return (rewards - rewards.mean(dim=1, keepdim=True)) * (size / max(size - 1, 1))
