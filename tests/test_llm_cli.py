@@ -175,3 +175,21 @@ def test_a_reward_function_that_raises_mid_run_exits_1_and_keeps_the_checkpoint(
     assert "reward function llm_rewards:raises_later raised RuntimeError: the grader went away" in err
     # It raised scoring iteration 3 (at 128 completions): the checkpoint of iteration 2 stays.
     assert int(torch.load("run/checkpoints/last.ckpt", weights_only=True)["state_dict"]["env_steps"]) == 128
+
+
+def test_two_ddp_processes_train_one_language_model(tmp_path):
+    """Lightning DDP on CPU (gloo): each rank samples its own prompts, gradients are averaged, rank 0 logs."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path, {"trainer": {"total_timesteps": 256, "output_dir": "out", "devices": 2, "strategy": "ddp"},
+                            "logger": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}})
+    proc = subprocess.run([sys.executable, "-m", "pgkit", "fit", "--config", path], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: 256 env steps") == 1  # 2 ranks x 64 completions x 2 iterations, rank 0 reports
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("pgkit").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/reward_mean")] == [128, 256]
