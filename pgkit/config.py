@@ -286,6 +286,12 @@ class TrainerConfig(BaseModel):
     """``torch.set_num_threads`` per process. Small MLP policies run fastest on one thread (intra-op threading costs
     more than it saves at these sizes); raise it for large networks, or null for torch's default."""
 
+    def check(self) -> None:
+        """Raise ``ValueError("<dotted field>: <problem> (got <value>)")`` for settings that contradict each other."""
+        if self.strategy == "fsdp" and self.accelerator in ("cpu", "mps"):
+            raise ValueError(f"trainer.strategy: 'fsdp' shards parameters over CUDA devices; set trainer.accelerator: "
+                             f"gpu (got accelerator {self.accelerator!r})")
+
 
 class LoggerConfig(BaseModel):
     """MLflow tracking."""
@@ -355,6 +361,7 @@ class ExperimentConfig(BaseModel):
         num_minibatches = getattr(algo, "num_minibatches", 1)
         algo.check_common(self)
         self.policy.check()
+        self.trainer.check()
         if batch % num_minibatches:
             raise ValueError(
                 f"algorithm.num_minibatches: must divide the batch size num_steps * env.num_envs = {batch} "

@@ -155,6 +155,9 @@ def test_a_local_hugging_face_directory(tmp_path, capsys):
         ({"prompts": {"task": "repeat_character", "task_kwargs": {"length": 300}}},
          "config error: prompts: record 1 has 300 tokens, and with generation.max_new_tokens x env.max_turns = 16"),
         ({"prompts": {"task": None, "file": "bad.jsonl"}}, "config error: prompts.file: bad.jsonl line 2 is not JSON"),
+        ({"trainer": {"strategy": "fsdp", "devices": 2}},
+         "config error: trainer.strategy: 'fsdp' shards parameters over CUDA devices; set trainer.accelerator: gpu "
+         "(got accelerator 'cpu')"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, overrides, expected):
@@ -193,3 +196,35 @@ def test_two_ddp_processes_train_one_language_model(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("pgkit").experiment_id])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/reward_mean")] == [128, 256]
+
+
+def test_bfloat16_and_a_compiled_update(tmp_path, capsys, monkeypatch):
+    """``model.dtype: bfloat16`` trains; with ``trainer.compile`` the update's forward goes through
+    ``torch.compile`` (the eager backend here: no C++ build on CPU) and gives the eager update's numbers."""
+    path = write(tmp_path, {"model": {"path": "builtin:tiny", "dtype": "bfloat16"}, "logger": {"enabled": False},
+                            "trainer": {"total_timesteps": 128, "output_dir": "run"}})
+    assert cli(capsys, "fit", "--config", path)[0] == 0
+    state = torch.load("run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert state["policy.lm_head.weight"].dtype == torch.bfloat16
+
+    from pgkit.config_loading import load_config
+    from pgkit.training import fit
+
+    def train(compile_: bool, directory: str) -> float:
+        cfg = load_config(write(tmp_path, {"trainer": {"total_timesteps": 128, "output_dir": directory,
+                                                       "compile": compile_}, "logger": {"enabled": False}}))
+        fit(cfg)
+        return torch.load(f"{directory}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+
+    real_compile, compiled = torch.compile, []
+
+    def eager_backend(fn, **kw):
+        compiled.append(fn)
+        return real_compile(fn, **(kw | {"backend": "eager"}))
+
+    monkeypatch.setattr(torch, "compile", eager_backend)
+    eager = train(False, "eager")
+    traced = train(True, "traced")
+    assert len(compiled) == 1
+    for key in ("policy.lm_head.weight", "policy.model.layers.0.self_attn.q_proj.weight"):
+        torch.testing.assert_close(traced[key], eager[key], rtol=1e-4, atol=1e-6)

@@ -269,6 +269,7 @@ class LanguageExperimentConfig(BaseModel):
                              f"(got {self.trainer.total_timesteps})")
         if isinstance(algo, TextGRPOConfig):
             algo.check_beta()
+        self.trainer.check()
         if self.trainer.output_dir is None:
             object.__setattr__(self.trainer, "output_dir", f"runs/{self.default_run_name}")
         return self

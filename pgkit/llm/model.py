@@ -133,16 +133,18 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 def token_log_probs(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, keep: int, temperature: float = 1.0,
-    with_entropy: bool = False, with_hidden: bool = False,
+    with_entropy: bool = False, with_hidden: bool = False, forward=None,
 ) -> dict[str, Tensor]:
     """Log-probabilities of the last ``keep`` tokens of each row under ``model``, ``[B, keep]``.
 
     Logits are divided by ``temperature``, as TRL does, so the log-probs are those of the distribution the tokens
     were sampled from (top-p truncation aside). With ``with_entropy`` also the entropy of each of those
     distributions; with ``with_hidden`` the last hidden state at the positions that predict them (for a value head).
+    ``forward`` replaces ``model``'s own call (a compiled forward).
     """
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                    logits_to_keep=keep + 1, output_hidden_states=with_hidden, use_cache=False)
+    outputs = (forward or model)(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids(attention_mask), logits_to_keep=keep + 1,
+                                 output_hidden_states=with_hidden, use_cache=False)
     logits = outputs.logits[:, :-1].float() / temperature  # position t predicts token t + 1
     log_p = torch.log_softmax(logits, dim=-1)
     targets = input_ids[:, -keep:]

@@ -93,6 +93,7 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
         self.data: dict[str, Tensor] = {}
         self.values: Tensor | None = None  # this iteration's reward-function values, [B, functions]
         self._fit_start = (0.0, 0)
+        self.forward_pass = None  # the policy's compiled forward, with trainer.compile
         self.start_metrics()
 
     # ----------------------------------------------------------------------------------------------- plumbing
@@ -107,6 +108,11 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_start = (time.perf_counter(), int(self.env_steps))
+        setting = self.cfg.trainer.compile
+        if (self.device.type == "cuda") if setting == "auto" else bool(setting):
+            # The update's forward passes, compiled with dynamic shapes (completion lengths vary); sampling stays
+            # eager (generate's cache changes shape every token).
+            self.forward_pass = torch.compile(self.policy.forward, dynamic=True)
 
     def save_env_state(self, checkpoint: Path) -> None:
         """Nothing lives between iterations but what the checkpoint holds (prompts are drawn per iteration)."""
@@ -219,7 +225,7 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
                 index = index.to(self.device)
                 out = token_log_probs(self.policy, episodes.input_ids[index], episodes.attention_mask[index],
                                       episodes.keep, self.cfg.generation.temperature, with_entropy=True,
-                                      with_hidden=self.value_head is not None)
+                                      with_hidden=self.value_head is not None, forward=self.forward_pass)
                 minibatch = {k: v[index] for k, v in data.items()}
                 minibatch.update(log_prob=out["log_prob"], entropy=out["entropy"])
                 if self.value_head is not None:
