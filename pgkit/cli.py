@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a config without training")
     _config_args(p, required=True)
 
-    sub.add_parser("schema", help="print the config's JSON schema")
+    p = sub.add_parser("schema", help="print the config's JSON schema")
+    p.add_argument("--llm", action="store_true", help="the schema of a language-model config")
     sub.add_parser("list", help="list algorithms, distributions and environment ids")
     return parser
 
@@ -164,17 +165,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pgkit.config_loading import load_config
 
     cfg = load_config(args.config, args.overrides)
+    text = hasattr(cfg, "model")
+    target, unit = (cfg.model.path, "completions") if text else (cfg.env.id, "steps")
     print(
-        f"ok: {cfg.algorithm.name} on {cfg.env.id}, {cfg.num_iterations} iterations of {cfg.batch_size} steps, "
+        f"ok: {cfg.algorithm.name} on {target}, {cfg.num_iterations} iterations of {cfg.batch_size} {unit}, "
         f"output in {cfg.trainer.output_dir}"
     )
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from pgkit.config import ExperimentConfig
+    if args.llm:
+        from pgkit.llm.config import LanguageExperimentConfig as Root
+    else:
+        from pgkit.config import ExperimentConfig as Root
 
-    print(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
+    print(json.dumps(Root.model_json_schema(), indent=2))
     return 0
 
 

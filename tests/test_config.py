@@ -53,7 +53,10 @@ def run_cli(capsys, *argv):
         (["algorithm.learning_rate=-1e-3"], "config error: algorithm.learning_rate: Input should be greater than 0"),
         (["algorithm.gamma=1.5"], "config error: algorithm.gamma: Input should be less than or equal to 1"),
         (["trainer.devices=0"], "config error: trainer.devices: Input should be greater than or equal to 1"),
-        (["trainer.strategy=horovod"], "config error: trainer.strategy: Input should be 'auto', 'ddp' or"),
+        (
+            ["trainer.strategy=horovod"],
+            "config error: trainer.strategy: Input should be 'auto', 'ddp', 'ddp_spawn' or 'fsdp'",
+        ),
         (["algorithm.num_steps=1e99"], "config error: algorithm.num_steps: Input should be a valid integer"),
         (
             ["policy.activation=sigmoid"],
