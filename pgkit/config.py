@@ -152,7 +152,9 @@ class PolicyConfig(BaseModel):
     shared_trunk: bool = False
     """Actor and critic share one trunk (and so the encoder and recurrent core before it)."""
     ortho_init: bool = True
-    """Orthogonal init: gain sqrt(2) on hidden layers, 0.01 on the policy head, 1 on the value head."""
+    """Orthogonal init (CleanRL's and SB3's): gain sqrt(2) on hidden and CNN layers, 0.01 on the policy head, 1 on the
+    value head, zero biases, recurrent weights orthogonal with gain 1. False: PyTorch's default init of every layer,
+    heads included (SB3's ``ortho_init=False``)."""
     log_std: LogStdMode = "state_independent"
     """Gaussian log-std: a free parameter per action dim, or an output of the actor."""
     log_std_init: float = Field(0.0, ge=-20, le=2)
@@ -240,13 +242,14 @@ class PolicyConfig(BaseModel):
             latent,
             self.log_std,
             self.log_std_init,
-            gain=0.01 if self.ortho_init else 1.0,
+            gain=0.01 if self.ortho_init else None,
         )
         parts = dict(encoder=actor_encoder, critic_encoder=critic_encoder, core=core, critic_core=critic_core)
         if self.shared_trunk:
-            return ActorCritic(actor, head, None, latent, **parts)
+            return ActorCritic(actor, head, None, latent, **parts, ortho_init=self.ortho_init)
         critic = mlp(features, self.critic_hidden, self.activation, self.ortho_init)
-        return ActorCritic(actor, head, critic, output_width(features, self.critic_hidden), **parts)
+        return ActorCritic(actor, head, critic, output_width(features, self.critic_hidden), **parts,
+                           ortho_init=self.ortho_init)
 
 
 class TrainerConfig(BaseModel):

@@ -163,14 +163,30 @@ def test_pareto_reads_the_info_and_a_missing_key_is_a_config_error(tmp_path):
         fit(cfg)
 
 
+def test_reference_sync_is_trls_mixup_every_n_optimizer_steps():
+    # TRL's SyncRefModelCallback: after optimizer steps N, 2N, ...: ref <- alpha * policy + (1 - alpha) * ref.
+    from pgkit.algorithms.grpo import GRPOConfig, ReferenceSync
+
+    assert not GRPOConfig().sync_ref_model  # TRL's defaults: frozen, alpha 0.6, every 512 steps
+    assert (GRPOConfig().ref_model_mixup_alpha, GRPOConfig().ref_model_sync_steps) == (0.6, 512)
+    sync = ReferenceSync(GRPOConfig(sync_ref_model=True, ref_model_mixup_alpha=0.25, ref_model_sync_steps=2))
+    policy, reference = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    policy.weight.data.fill_(1.0)
+    reference.weight.data.fill_(0.0)
+    for step in [1, 2, 2, 3, 4]:  # step 2 seen twice: a skipped minibatch after it must not mix again
+        sync.after_step(step, reference, policy)
+    assert reference.weight.item() == pytest.approx(1 - 0.75**2)  # mixed at steps 2 and 4 only
+
+
 def test_reference_updates():
     common = [*QUIET, "trainer.total_timesteps=1280", "algorithm.beta=0.05", "algorithm.adaptive_beta=false"]
-    synced = fit(load_config(CONFIGS / "grpo-tool-use.yaml", [*common, "algorithm.reference=periodic",
+    synced = fit(load_config(CONFIGS / "grpo-tool-use.yaml", [*common, "algorithm.sync_ref_model=true",
+                                                              "algorithm.ref_model_mixup_alpha=1.0",
                                                               "algorithm.ref_model_sync_steps=1"]))
     module, _, _ = restore_agent(synced.last_checkpoint)
     for ref, cur in zip(module.reference.parameters(), module.policy.parameters(), strict=True):
         torch.testing.assert_close(ref, cur)
-    frozen = fit(load_config(CONFIGS / "grpo-tool-use.yaml", [*common, "algorithm.reference=frozen",
+    frozen = fit(load_config(CONFIGS / "grpo-tool-use.yaml", [*common, "algorithm.sync_ref_model=false",
                                                               "trainer.output_dir=runs/frozen"]))
     module, _, _ = restore_agent(frozen.last_checkpoint)
     pairs = zip(module.reference.parameters(), module.policy.parameters(), strict=True)

@@ -69,7 +69,7 @@ def test_each_text_algorithm_raises_the_reward(tmp_path, capsys, algorithm, step
 def test_fit_logs_rewards_lengths_kl_and_samples_then_eval_and_resume(tmp_path, capsys):
     db = tmp_path / "m.db"
     path = write(tmp_path, {
-        "algorithm": {"name": "grpo", "learning_rate": 3e-3, "beta": 0.04, "reference": "frozen"},
+        "algorithm": {"name": "grpo", "learning_rate": 3e-3, "beta": 0.04},
         "reward": {"functions": [{"function": "pgkit.llm.rewards:character_fraction"},
                                  {"function": "llm_rewards:record_call", "weight": 0.0}]},
         "trainer": {"total_timesteps": 256, "output_dir": "run"}, "logger": {"tracking_uri": f"sqlite:///{db}"},
@@ -124,6 +124,18 @@ def test_lora_trains_only_the_adapters(tmp_path, capsys):
     state = torch.load("run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     changed = {name for name, value in before.items() if not torch.equal(state[f"policy.{name}"], value)}
     assert changed and changed <= trainable
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_text_reference_syncs_as_trl_or_stays_frozen(tmp_path, capsys, sync):
+    algorithm = {"name": "grpo", "learning_rate": 1e-2, "beta": 0.04, "sync_ref_model": sync,
+                 "ref_model_mixup_alpha": 1.0, "ref_model_sync_steps": 1}
+    path = write(tmp_path, {"algorithm": algorithm, "trainer": {"total_timesteps": 128, "output_dir": "run"},
+                            "logger": {"enabled": False}})
+    assert cli(capsys, "fit", "--config", path)[0] == 0
+    state = torch.load("run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    pairs = [(state[k], state["reference." + k.removeprefix("policy.")]) for k in state if k.startswith("policy.")]
+    assert pairs and all(torch.equal(p, r) for p, r in pairs) == sync
 
 
 def test_a_local_hugging_face_directory(tmp_path, capsys):

@@ -168,3 +168,34 @@ def test_channel_first_frame_stacks_and_multibinary():
     flags = make_observation_processor(gym.spaces.MultiBinary(3), clip=10.0, enabled=True)
     assert flags.running_stats() == []  # 0/1 flags are never normalised
     torch.testing.assert_close(flags(np.array([[1, 0, 1]], np.int8)), torch.tensor([[1.0, 0.0, 1.0]]))
+
+
+@pytest.mark.parametrize(
+    ("obs_space", "act_space", "recurrent"),
+    [
+        (gym.spaces.Box(-1, 1, (5,)), gym.spaces.Box(-1, 1, (3,)), None),
+        (gym.spaces.Dict({"img": gym.spaces.Box(0, 255, (36, 36, 3), np.uint8), "v": gym.spaces.Box(-1, 1, (4,))}),
+         gym.spaces.Discrete(4), {"kind": "lstm", "hidden_size": 8}),
+    ],
+)
+def test_ortho_init_false_means_pytorch_default_init_everywhere(obs_space, act_space, recurrent):
+    # SB3's ortho_init=False: every layer keeps PyTorch's init, whose weights and biases are uniform in
+    # +-1/sqrt(fan_in) (Linear, Conv) or +-1/sqrt(hidden) (LSTM). Orthogonal init zeroes biases, and puts head
+    # weights at the 0.01 scale, so both checks fail on it.
+    def layers(ortho: bool):
+        torch.manual_seed(0)
+        policy = PolicyConfig(ortho_init=ortho, recurrent=recurrent).init(obs_space, act_space)
+        return [m for m in policy.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d | torch.nn.LSTM)]
+
+    default = layers(False)
+    assert len(default) >= 5
+    for module in default:
+        for name, param in module.named_parameters():
+            if isinstance(module, torch.nn.LSTM):
+                bound = 1 / module.hidden_size**0.5
+            else:
+                bound = 1 / module.weight[0].numel() ** 0.5  # fan_in
+            assert param.abs().max() <= bound + 1e-6, (module, name)
+            assert param.abs().max() > 0.3 * bound, (module, name)  # not a zero or 0.01-scaled init
+    ortho = layers(True)
+    assert all(torch.count_nonzero(m.bias) == 0 for m in ortho if not isinstance(m, torch.nn.LSTM))

@@ -29,7 +29,7 @@ def test_ppo_loss_matches_hand_computation():
         torch.tensor([2.0, 2.0, 0.0]),
     )
     entropy = torch.tensor([0.3, 0.4, 0.5])
-    out = ppo_loss(log_prob, old, adv, value, old_value, target, entropy, clip_range=0.2, clip_range_vf=None)
+    out = ppo_loss(log_prob, old, adv, value, old_value, target, entropy, clip_range=0.2)
     # max(-A r, -A clip(r)): [-1.2, 1.6, -3.3] (pessimistic side each time)
     assert out["loss_policy"].item() == pytest.approx((-1.2 + 1.6 - 3.3) / 3)
     assert out["loss_value"].item() == pytest.approx(0.5 * (1.0 + 0.0 + 0.0) / 3)
@@ -37,9 +37,42 @@ def test_ppo_loss_matches_hand_computation():
     assert out["clip_fraction"].item() == pytest.approx(2 / 3)
     r = torch.tensor([1.5, 0.5, 1.1])
     assert out["approx_kl"].item() == pytest.approx(((r - 1) - r.log()).mean().item(), rel=1e-6)
-    clipped = ppo_loss(log_prob, old, adv, value, old_value, target, entropy, clip_range=0.2, clip_range_vf=0.1)
-    # Clipped values [0.6, 2.0, 0.9]: errors max((V-t)^2, (Vc-t)^2) = [1.96, 0, 0.81]
+    clipped = ppo_loss(log_prob, old, adv, value, old_value, target, entropy, 0.2, value_clip=0.1)
+    # Clipped values [0.6, 2.0, 0.9]: errors max((V-t)^2, (Vc-t)^2) = max([1, 0, 0], [1.96, 0, 0.81])
     assert clipped["loss_value"].item() == pytest.approx(0.5 * (1.96 + 0.0 + 0.81) / 3)
+    sb3 = ppo_loss(log_prob, old, adv, value, old_value, target, entropy, 0.2, 0.1, "clipped")
+    # SB3: the clipped prediction's error alone; the third entry's 0.81 now counts although V itself is exact.
+    assert sb3["loss_value"].item() == pytest.approx(0.5 * (1.96 + 0.0 + 0.81) / 3)
+    # V = 2.3 from V_old = 2.0 is clipped to 2.1; target 2.15: unclipped error 0.0225, clipped 0.0025.
+    v, v_old, t = torch.tensor([2.3, 2.0, 0.0]), torch.tensor([2.0, 2.0, 0.0]), torch.tensor([2.15, 2.0, 0.0])
+    sb3 = ppo_loss(log_prob, old, adv, v, v_old, t, entropy, 0.2, 0.1, "clipped")
+    cleanrl = ppo_loss(log_prob, old, adv, v, v_old, t, entropy, 0.2, 0.1, "max")
+    assert sb3["loss_value"].item() == pytest.approx(0.5 * 0.0025 / 3, rel=1e-5)
+    assert cleanrl["loss_value"].item() == pytest.approx(0.5 * 0.0225 / 3, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "radius", "mode"),
+    [
+        ([], None, "clipped"),
+        (["algorithm.clip_vloss=true"], 0.2, "max"),
+        (["algorithm.clip_range_vf=0.3"], 0.3, "clipped"),
+    ],
+)
+def test_value_clipping_options_keep_their_references_meaning(overrides, radius, mode):
+    cfg = load_config(None, overrides, base={"algorithm": {"name": "ppo"}, "env": {"id": "CartPole-v1"}})
+    assert cfg.algorithm.value_clipping() == (radius, mode)
+
+
+def test_both_value_clippings_exit_2(tmp_path, capsys):
+    from pgkit.cli import main
+
+    (tmp_path / "c.yaml").write_text("algorithm: {name: ppo}\nenv: {id: CartPole-v1}\n")
+    code = main(["validate", "--config", str(tmp_path / "c.yaml"), "--set", "algorithm.clip_vloss=true",
+                 "--set", "algorithm.clip_range_vf=0.2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("config error: algorithm.clip_range_vf: choose one value clipping"), err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_ppo_loss_gradient_is_zero_outside_the_clip_region():

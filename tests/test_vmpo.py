@@ -81,29 +81,56 @@ def test_alpha_rises_when_kl_exceeds_epsilon(kl, rises):
     assert (new_alpha > alpha.detach()) == rises
 
 
-@pytest.mark.parametrize(("period", "equal"), [(4, True), (3, False)])
-def test_target_network_refresh_period(tmp_path, monkeypatch, period, equal):
-    # One iteration of 2 epochs x 2 minibatches = 4 updates: a period of 4 ends synced, 3 ends one update behind.
+def _fit_vmpo(tmp_path, monkeypatch, iterations: int, trainer: dict | None = None, **algorithm) -> dict:
     config = {
-        "algorithm": {
-            "name": "vmpo",
-            "num_steps": 16,
-            "update_epochs": 2,
-            "num_minibatches": 2,
-            "target_update_period": period,
-        },
+        "algorithm": {"name": "vmpo", "num_steps": 16, "update_epochs": 2, "num_minibatches": 2, **algorithm},
         "env": {"id": "CartPole-v1"},
-        "trainer": {"total_timesteps": 16, "output_dir": "out"},
+        "trainer": {"total_timesteps": 16 * iterations, "output_dir": "out", **(trainer or {})},
         "logger": {"enabled": False},
         "eval": {"every_n_iterations": 0},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "--config", "c.yaml"]) == 0
-    state = torch.load("out/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    return torch.load("out/checkpoints/last.ckpt", weights_only=True)
+
+
+def _target_synced(ckpt: dict) -> bool:
+    state = ckpt["state_dict"]
     keys = [k.removeprefix("policy.") for k in state if k.startswith("policy.")]
-    same = all(torch.equal(state[f"policy.{k}"], state[f"target.{k}"]) for k in keys)
-    assert same == equal
+    return all(torch.equal(state[f"policy.{k}"], state[f"target.{k}"]) for k in keys)
+
+
+@pytest.mark.parametrize(("every", "synced"), [(1, True), (3, True), (2, False)])
+def test_target_network_refreshes_on_iteration_boundaries(tmp_path, monkeypatch, every, synced):
+    # 3 iterations: refreshed after each, or after the third (synced); every 2 ends one iteration behind.
+    assert _target_synced(_fit_vmpo(tmp_path, monkeypatch, 3, target_update_iterations=every)) == synced
+
+
+def test_skipped_batch_does_not_shift_the_target_refresh(tmp_path, monkeypatch):
+    # The first minibatch's loss is non-finite and skipped; the refresh still happens at the iteration's end
+    # (counting optimizer steps, as before, would have missed it).
+    from pgkit.algorithms.vmpo import VMPO
+
+    original, calls = VMPO.compute_loss, []
+
+    def poisoned(self, batch):
+        out = original(self, batch)
+        calls.append(1)
+        if len(calls) == 1:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(VMPO, "compute_loss", poisoned)
+    assert _target_synced(_fit_vmpo(tmp_path, monkeypatch, 1, trainer={"skip_nonfinite_batches": True}))
+    assert len(calls) == 4
+
+
+def test_duals_keep_their_learning_rate_while_the_network_anneals(tmp_path, monkeypatch):
+    ckpt = _fit_vmpo(tmp_path, monkeypatch, 4, learning_rate=1e-3, dual_learning_rate=0.02, anneal_lr=True)
+    network, duals = ckpt["optimizer_states"][0]["param_groups"]
+    assert network["lr"] == pytest.approx(1e-3 * (1 - 3 / 4))  # annealed at the start of the 4th iteration
+    assert duals["lr"] == pytest.approx(0.02)
 
 
 def test_categorical_alpha_starts_at_5_and_gaussian_at_1():

@@ -103,6 +103,28 @@ def adapt_beta(beta: float, kl: float, target: float, low: float, high: float) -
     return min(max(beta, low), high)
 
 
+class ReferenceSync:
+    """TRL's ``SyncRefModelCallback`` on pgkit's modules: after the optimizer step that makes ``global_step`` a
+    multiple of ``ref_model_sync_steps``, ``ref <- alpha * policy + (1 - alpha) * ref`` over the parameters."""
+
+    def __init__(self, options: GroupPolicyOptions) -> None:
+        self.enabled = options.sync_ref_model
+        self.alpha, self.every = options.ref_model_mixup_alpha, options.ref_model_sync_steps
+        self.synced_at = -1
+
+    @torch.no_grad()
+    def after_step(self, global_step: int, reference: torch.nn.Module | None, policy: torch.nn.Module) -> None:
+        """Call after every minibatch with the optimizer steps taken so far; a skipped step leaves ``global_step``
+        unchanged, so it cannot sync twice."""
+        if not self.enabled or reference is None or global_step == 0 or global_step % self.every:
+            return
+        if global_step == self.synced_at:
+            return
+        self.synced_at = global_step
+        for ref, cur in zip(reference.parameters(), policy.parameters(), strict=True):
+            ref.lerp_(cur.to(ref.dtype), self.alpha)
+
+
 # ---------------------------------------------------------------------------------------------------------- config
 class GroupPolicyOptions(BaseModel):
     """GRPO's options shared by gymnasium episodes and text completions (TRL ``GRPOConfig`` names where TRL has
@@ -134,13 +156,16 @@ class GroupPolicyOptions(BaseModel):
     """How per-step losses are averaged: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see TRL)."""
     importance_sampling_level: Literal["token", "sequence"] = "token"
     """``token``: a ratio per step; ``sequence``: one length-normalised ratio per episode (GSPO)."""
-    reference: Literal["frozen", "periodic", "ema"] = "periodic"
-    """Reference policy of the KL term: the initial policy (``frozen``), a copy of the policy refreshed every
-    ``ref_model_sync_steps`` iterations (``periodic``), or an average moved towards it every iteration (``ema``)."""
-    ref_model_sync_steps: int = Field(10, ge=1)
-    """Iterations between copies of the policy into a ``periodic`` reference."""
-    ref_model_mixup_alpha: float = Field(0.1, gt=0, le=1)
-    """EMA weight of the policy in an ``ema`` reference: ``ref <- alpha * policy + (1 - alpha) * ref``."""
+    sync_ref_model: bool = False
+    """TRL's ``sync_ref_model`` (TR-DPO): every ``ref_model_sync_steps`` optimizer steps, move the reference of the
+    KL term towards the policy, ``ref <- alpha * policy + (1 - alpha) * ref``. False (TRL's default): the reference
+    stays the initial policy. ``ref_model_mixup_alpha: 1`` makes each sync a hard copy (a periodic reference); a
+    small alpha with a small period makes it an exponential moving average."""
+    ref_model_mixup_alpha: float = Field(0.6, gt=0, le=1)
+    """TRL's ``ref_model_mixup_alpha``: the policy's weight in each sync (TRL's default 0.6)."""
+    ref_model_sync_steps: int = Field(512, ge=1)
+    """TRL's ``ref_model_sync_steps``: optimizer steps between syncs (TRL's default 512). Counts the steps taken,
+    so a skipped non-finite minibatch does not count."""
     ent_coef: float = Field(0.0, ge=0)
     """Weight of the entropy bonus (not in TRL; the ruvllm presets use one)."""
 
@@ -215,6 +240,7 @@ class GRPO(OnPolicyModule):
         self.update_epochs, self.num_minibatches = a.num_iterations, a.num_minibatches
         self.epsilon_high = a.epsilon if a.epsilon_high is None else a.epsilon_high
         self.reference = copy.deepcopy(self.policy).requires_grad_(False)
+        self.reference_sync = ReferenceSync(a)
         self.register_buffer("beta", torch.tensor(a.beta, dtype=torch.float64))
         self._objectives = np.zeros((self.num_envs, len(a.objectives)))
         self._scoring = np.ones(self.num_envs, dtype=bool)  # sub-envs still in the episode being scored
@@ -351,11 +377,7 @@ class GRPO(OnPolicyModule):
         if a.adaptive_beta and self._count:
             kl = float(self.iteration_sums["kl"]) / self._count
             self.beta.fill_(adapt_beta(float(self.beta), kl, a.kl_target, a.beta_min, a.beta_max))
-        iteration = self.current_epoch + 1
-        with torch.no_grad():
-            if a.reference == "periodic" and iteration % a.ref_model_sync_steps == 0:
-                self.reference.load_state_dict(self.policy.state_dict())
-            elif a.reference == "ema":
-                for ref, cur in zip(self.reference.parameters(), self.policy.parameters(), strict=True):
-                    ref.lerp_(cur, a.ref_model_mixup_alpha)
         super().on_train_epoch_end()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.reference_sync.after_step(self.global_step, self.reference, self.policy)

@@ -1,4 +1,4 @@
-"""Proximal Policy Optimization (Schulman et al. 2017), with CleanRL's MuJoCo defaults."""
+"""Proximal Policy Optimization (Schulman et al. 2017), with CleanRL's MuJoCo defaults except value clipping (off)."""
 
 from __future__ import annotations
 
@@ -24,23 +24,31 @@ def ppo_loss(
     value_target: Tensor,
     entropy: Tensor,
     clip_range: float,
-    clip_range_vf: float | None,
+    value_clip: float | None = None,
+    value_clip_mode: Literal["max", "clipped"] = "max",
     mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The clipped surrogate, the (optionally clipped) value loss and the entropy term, plus diagnostics.
 
     ``loss_policy = mean(max(-A r, -A clip(r, 1-eps, 1+eps)))`` with ``r = exp(log_prob - old_log_prob)``;
-    ``loss_value = 0.5 mean((V - target)^2)``, or the max with the clipped value's error when ``clip_range_vf``;
-    ``loss_entropy = -mean(entropy)``. ``approx_kl`` is the low-variance estimator ``mean((r - 1) - log r)``.
+    ``loss_entropy = -mean(entropy)``; ``approx_kl`` is the low-variance estimator ``mean((r - 1) - log r)``.
+
+    The value loss is ``0.5 mean((V - target)^2)`` when ``value_clip`` is None. Otherwise, with the clipped
+    prediction ``Vc = V_old + clip(V - V_old, -value_clip, value_clip)``:
+
+    - ``value_clip_mode="max"``: ``0.5 mean(max((V - target)^2, (Vc - target)^2))``, the pessimistic form of
+      OpenAI baselines' PPO2, CleanRL's ``clip_vloss`` and TRL's ``cliprange_value``;
+    - ``value_clip_mode="clipped"``: ``0.5 mean((Vc - target)^2)``, SB3's ``clip_range_vf``.
+
     Every mean is over the entries where ``mask`` is 1 when one is given (the tokens of text completions).
     """
     log_ratio = log_prob - old_log_prob
     ratio = log_ratio.exp()
     surrogate = -clipped_surrogate(ratio, advantage, clip_range, clip_range)
     value_error = (value - value_target).pow(2)
-    if clip_range_vf is not None:
-        clipped = old_value + (value - old_value).clamp(-clip_range_vf, clip_range_vf)
-        value_error = torch.max(value_error, (clipped - value_target).pow(2))
+    if value_clip is not None:
+        clipped_error = (old_value + (value - old_value).clamp(-value_clip, value_clip) - value_target).pow(2)
+        value_error = torch.max(value_error, clipped_error) if value_clip_mode == "max" else clipped_error
 
     def mean(x: Tensor) -> Tensor:
         return x.mean() if mask is None else (x * mask).sum() / mask.sum().clamp_min(1.0)
@@ -58,7 +66,10 @@ def ppo_loss(
 
 
 class PPOConfig(AlgorithmConfigBase):
-    """PPO hyperparameters. The defaults are CleanRL's ``ppo_continuous_action.py`` (MuJoCo)."""
+    """PPO hyperparameters. The defaults are CleanRL's ``ppo_continuous_action.py`` (MuJoCo) with one exception:
+    the value loss is not clipped (CleanRL's default is ``clip_vloss=True``; SB3's is no clipping, and Andrychowicz
+    et al. 2021, "What matters in on-policy RL", found value clipping to hurt). Turn it on with either reference's
+    name and meaning: ``clip_vloss: true`` (CleanRL) or ``clip_range_vf`` (SB3)."""
 
     name: Literal["ppo"] = "ppo"
     """Algorithm selector."""
@@ -69,7 +80,11 @@ class PPOConfig(AlgorithmConfigBase):
     clip_range: float = Field(0.2, gt=0, le=10)
     """Ratio clipping epsilon of the surrogate objective."""
     clip_range_vf: float | None = Field(None, gt=0)
-    """Clip the value prediction to within this distance of the rollout's value; null disables value clipping."""
+    """SB3's value clipping: the value loss is taken on the prediction clipped to within this distance of the
+    rollout's value, ``(V_old + clip(V - V_old, -c, c) - target)^2``, alone. Null disables it."""
+    clip_vloss: bool = False
+    """CleanRL's value clipping: the value loss is ``max((V - target)^2, (Vc - target)^2)`` with the prediction
+    clipped by ``clip_range`` (CleanRL's ``clip_coef``). Off by default here; on in CleanRL."""
     ent_coef: float = Field(0.0, ge=0)
     """Weight of the entropy bonus."""
     vf_coef: float = Field(0.5, ge=0)
@@ -80,6 +95,19 @@ class PPOConfig(AlgorithmConfigBase):
     """Stop the iteration's updates early once a minibatch's approx-KL exceeds 1.5 x this (as SB3); null disables."""
     adam_eps: float = Field(1e-5, gt=0)
     """Adam epsilon."""
+
+    def check_experiment(self, experiment) -> None:
+        if self.clip_vloss and self.clip_range_vf is not None:
+            raise ValueError(
+                "algorithm.clip_range_vf: choose one value clipping, CleanRL's clip_vloss (max of the clipped and "
+                f"unclipped errors, radius clip_range) or SB3's clip_range_vf (got both, {self.clip_range_vf})"
+            )
+
+    def value_clipping(self) -> tuple[float | None, Literal["max", "clipped"]]:
+        """``(radius, mode)`` for :func:`ppo_loss`."""
+        if self.clip_vloss:
+            return self.clip_range, "max"
+        return self.clip_range_vf, "clipped"
 
 
 class PPO(OnPolicyModule):
@@ -120,7 +148,7 @@ class PPO(OnPolicyModule):
             ret,
             dist.entropy(),
             algo.clip_range,
-            algo.clip_range_vf,
+            *algo.value_clipping(),
         )
         weighted = algo.vf_coef * terms["loss_value"] + algo.ent_coef * terms["loss_entropy"]
         terms["loss"] = terms["loss_policy"] + weighted

@@ -53,7 +53,7 @@ class Progress:
     def anneal_learning_rates(self) -> None:
         """Linear annealing as in CleanRL: each param group's lr is its initial lr times the fraction of the step
         budget still to go, ``1 - env_steps / step_budget`` (with full batches: ``1 - i / num_iterations`` at
-        iteration ``i``, 0-based, exactly CleanRL's schedule).
+        iteration ``i``, 0-based, exactly CleanRL's schedule). Groups marked ``"anneal": False`` keep their lr.
 
         Set directly rather than through an LR scheduler because it is a pure function of progress: a run resumed
         with a larger ``total_timesteps`` continues on the new schedule at once, where a restored ``LambdaLR``
@@ -63,5 +63,7 @@ class Progress:
         fraction = max(0.0, 1.0 - progress) if self.cfg.algorithm.anneal_lr else 1.0
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
+                if not group.get("anneal", True):  # V-MPO's duals keep a fixed rate
+                    continue
                 group.setdefault("initial_lr", group["lr"])  # saved with the optimizer state, so kept on resume
                 group["lr"] = group["initial_lr"] * fraction

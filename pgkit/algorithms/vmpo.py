@@ -82,10 +82,11 @@ class VMPOConfig(AlgorithmConfigBase):
     """Passes over each rollout."""
     num_minibatches: int = Field(32, ge=1)
     """Minibatches per pass; the top half of advantages is taken within each minibatch."""
-    target_update_period: int | None = Field(None, ge=1)
-    """Copy the online network into the target (acting) network every this many gradient updates; null means
-    once per iteration (``update_epochs * num_minibatches``), so each rollout is collected by the latest policy.
-    The paper's setting for its distributed learner is 100."""
+    target_update_iterations: int = Field(1, ge=1)
+    """Copy the online network into the target (acting) network at the end of every this many iterations (a
+    rollout and its updates). 1: each rollout is collected by the latest policy. Counted in iterations rather than
+    gradient updates so that a skipped non-finite minibatch cannot shift the schedule (the paper's distributed
+    learner refreshes every 100 learner steps, about a few of pgkit's iterations)."""
     epsilon_temperature: float = Field(0.01, gt=0)
     """``eps_eta``: bound of the temperature dual."""
     epsilon_mean: float = Field(0.01, gt=0)
@@ -99,7 +100,8 @@ class VMPOConfig(AlgorithmConfigBase):
     initial_alpha: float | None = Field(None, gt=0)
     """``alpha_0``; null gives 1 for Gaussian policies and 5 for categorical ones."""
     dual_learning_rate: float = Field(1e-2, gt=0)
-    """Adam learning rate of the temperature and the KL multipliers."""
+    """Adam learning rate of the temperature and the KL multipliers. Fixed: ``anneal_lr`` anneals the network's
+    rate only, as in the paper, rlax and acme, so the KL constraints keep adapting to the end of training."""
     vf_coef: float = Field(0.5, ge=0)
     """Weight of the value loss."""
     adam_eps: float = Field(1e-5, gt=0)
@@ -134,7 +136,8 @@ class VMPO(OnPolicyModule):
         return adam(
             [
                 {"params": list(self.policy.parameters()), "lr": a.learning_rate},
-                {"params": [self.temperature_param, self.alpha_param], "lr": a.dual_learning_rate},
+                # "anneal": False keeps this group out of the LR annealing (Progress.anneal_learning_rates).
+                {"params": [self.temperature_param, self.alpha_param], "lr": a.dual_learning_rate, "anneal": False},
             ],
             eps=a.adam_eps,
         )
@@ -181,7 +184,8 @@ class VMPO(OnPolicyModule):
         if gradient_clip_val:
             nn.utils.clip_grad_norm_(self.policy.parameters(), gradient_clip_val)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        period = self.algo.target_update_period or self.update_epochs * self.num_minibatches
-        if self.global_step % period == 0:
+    def on_train_epoch_end(self) -> None:
+        # Refresh before the base's end-of-iteration evaluation and checkpoint, so both see the refreshed target.
+        if (self.current_epoch + 1) % self.algo.target_update_iterations == 0:
             self.target.load_state_dict(self.policy.state_dict())
+        super().on_train_epoch_end()

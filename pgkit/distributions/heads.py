@@ -36,10 +36,12 @@ def allowed_distributions(action_space: gym.Space) -> tuple[DistributionName, ..
     raise ValueError(f"unsupported action space {action_space}")
 
 
-def _linear(in_dim: int, out_dim: int, gain: float) -> nn.Linear:
+def _linear(in_dim: int, out_dim: int, gain: float | None) -> nn.Linear:
+    """A linear layer, orthogonal with ``gain`` and a zero bias, or PyTorch's default init when ``gain`` is None."""
     layer = nn.Linear(in_dim, out_dim)
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
+    if gain is not None:
+        nn.init.orthogonal_(layer.weight, gain)
+        nn.init.zeros_(layer.bias)
     return layer
 
 
@@ -53,7 +55,7 @@ class GaussianHead(nn.Module):
         squash: bool,
         log_std_mode: LogStdMode,
         log_std_init: float,
-        gain: float,
+        gain: float | None,
     ) -> None:
         super().__init__()
         act_dim = int(np.prod(action_space.shape))
@@ -90,7 +92,7 @@ class GaussianHead(nn.Module):
 class CategoricalHead(nn.Module):
     """Logits from a linear layer, split per dimension for MultiDiscrete spaces."""
 
-    def __init__(self, latent_dim: int, nvec: list[int], gain: float) -> None:
+    def __init__(self, latent_dim: int, nvec: list[int], gain: float | None) -> None:
         super().__init__()
         self.nvec = nvec
         self.logits = _linear(latent_dim, sum(nvec), gain)
@@ -116,9 +118,10 @@ def make_head(
     latent_dim: int,
     log_std_mode: LogStdMode = "state_independent",
     log_std_init: float = 0.0,
-    gain: float = 0.01,
+    gain: float | None = 0.01,
 ) -> nn.Module:
-    """Build the head for distribution ``name`` on ``action_space`` (which must admit it)."""
+    """Build the head for distribution ``name`` on ``action_space`` (which must admit it): orthogonal with ``gain``,
+    or PyTorch's default init when ``gain`` is None."""
     if name not in allowed_distributions(action_space):
         raise ValueError(f"distribution {name!r} cannot act in {action_space}")
     if name in ("normal", "tanh_normal"):

@@ -192,8 +192,9 @@ class TextPPOConfig(TextAlgorithmBase):
     """Minibatches of whole completions per pass."""
     clip_range: float = Field(0.2, gt=0, le=10)
     """Ratio clipping of the surrogate."""
-    clip_range_vf: float | None = Field(0.2, gt=0)
-    """Value clipping (TRL's ``cliprange_value``); null disables it."""
+    cliprange_value: float | None = Field(0.2, gt=0)
+    """TRL's value clipping: the value loss is ``max((V - target)^2, (Vc - target)^2)`` with the prediction
+    clipped to within this distance of the sampled value (TRL's name, meaning and default); null disables it."""
     vf_coef: float = Field(0.1, ge=0)
     """Weight of the value loss."""
     ent_coef: float = Field(0.0, ge=0)

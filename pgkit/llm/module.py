@@ -8,11 +8,12 @@ One Lightning epoch is one iteration, as for gymnasium envs:
    log-probs under the sampling policy (and the reference's, and the value head's estimates, as the algorithm needs).
 2. ``training_step`` takes every minibatch of every pass in one Lightning step (manual optimisation, so DDP still
    averages gradients in ``manual_backward``), with the loss from :mod:`pgkit.llm.updates`.
-3. ``on_train_epoch_end`` updates the reference and the adaptive beta, logs the iteration (``train/reward_mean``,
-   each function's mean, reward std, KL, completion lengths, tokens per second), a table of sample completions every
-   ``samples_every_n_iterations``, and evaluates on the held-out prompts every ``eval.every_n_iterations``.
+3. ``on_train_epoch_end`` updates the adaptive beta (the reference syncs after optimizer steps, as in TRL), logs
+   the iteration (``train/reward_mean``, each function's mean, reward std, KL, completion lengths, tokens per
+   second), a table of sample completions every ``samples_every_n_iterations``, and evaluates on the held-out
+   prompts every ``eval.every_n_iterations``.
 
-Checkpoints hold the model (or its LoRA), the value head, the reference when it moves, the optimizer and the counters.
+Checkpoints hold the model (or its LoRA), the value head, the reference, the optimizer and the counters.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from pgkit.algorithms.grpo import adapt_beta
+from pgkit.algorithms.grpo import ReferenceSync, adapt_beta
 from pgkit.algorithms.metrics import IterationMetrics
 from pgkit.algorithms.progress import Progress
 from pgkit.checkpoints import checkpoint_metadata
@@ -72,6 +73,7 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
         needs_reference = (self.algo.name == "grpo" and (beta > 0 or self.algo.adaptive_beta)) or (
             self.algo.name == "ppo" and self.algo.kl_coef > 0)
         self.reference = frozen_copy(model) if needs_reference else None
+        self.reference_sync = ReferenceSync(self.algo) if self.algo.name == "grpo" else None
         self.rewards = RewardFunctions(c.reward.functions)
         self.train_records, self.eval_records = split(
             load_records(c.prompts.file, c.prompts.task, c.prompts.task_kwargs), c.prompts.eval_prompts)
@@ -242,14 +244,14 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
                         continue
                 self.accumulate({k: v for k, v in terms.items() if k != "psi" and v.dim() == 0})
                 optimizer.step()
+                if self.reference_sync is not None:
+                    self.reference_sync.after_step(self.global_step, self.reference, self.policy)
 
     def on_train_epoch_end(self) -> None:
         algo = self.algo
-        if algo.name == "grpo":
-            if algo.adaptive_beta and self._count and "kl" in self.iteration_sums:
-                kl = float(self.iteration_sums["kl"]) / self._count
-                self.beta.fill_(adapt_beta(float(self.beta), kl, algo.kl_target, algo.beta_min, algo.beta_max))
-            self.update_reference()
+        if algo.name == "grpo" and algo.adaptive_beta and self._count and "kl" in self.iteration_sums:
+            kl = float(self.iteration_sums["kl"]) / self._count
+            self.beta.fill_(adapt_beta(float(self.beta), kl, algo.kl_target, algo.beta_min, algo.beta_max))
         metrics = {**self.rollout_metrics, **self.update_metrics()}
         if algo.name == "grpo":
             metrics["train/beta"] = float(self.beta)
@@ -268,19 +270,6 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
             samples = self.cfg.samples_every_n_iterations
             if samples and (iteration % samples == 0 or last) and self.trainer.is_global_zero:
                 self.log_samples(iteration)
-
-    @torch.no_grad()
-    def update_reference(self) -> None:
-        """GRPO's reference: refreshed every ``ref_model_sync_steps`` iterations (``periodic``) or moved towards the
-        policy every iteration (``ema``); ``frozen`` stays the initial policy."""
-        algo, reference = self.algo, self.reference
-        if reference is None or algo.reference == "frozen":
-            return
-        if algo.reference == "periodic" and (self.current_epoch + 1) % algo.ref_model_sync_steps == 0:
-            reference.load_state_dict(self.policy.state_dict())
-        elif algo.reference == "ema":
-            for ref, cur in zip(reference.parameters(), self.policy.parameters(), strict=True):
-                ref.lerp_(cur.to(ref.dtype), algo.ref_model_mixup_alpha)
 
     def log_samples(self, iteration: int, count: int = 8) -> None:
         """A table of sample completions (prompt, completion, each reward) as an MLflow artifact."""

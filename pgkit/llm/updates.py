@@ -80,7 +80,7 @@ def text_loss(algo: Any, batch: dict[str, Tensor], beta: float, max_length: int,
         terms["entropy"] = -terms.pop("loss_entropy").detach()
         return terms
     terms = ppo_loss(log_prob, batch["old_log_prob"], batch["advantage"], batch["value"], batch["old_value"],
-                     batch["return"], entropy, algo.clip_range, algo.clip_range_vf, mask=mask)
+                     batch["return"], entropy, algo.clip_range, algo.cliprange_value, "max", mask=mask)
     terms["loss"] = terms["loss_policy"] + algo.vf_coef * terms["loss_value"] + algo.ent_coef * terms["loss_entropy"]
     terms["entropy"] = -terms.pop("loss_entropy").detach()
     return terms

@@ -25,7 +25,8 @@ class ActorCritic(nn.Module):
 
     Training calls :meth:`forward`, :meth:`distribution` or :meth:`value` on rows of a batch; a recurrent network
     then needs the rows' :class:`Sequences`. Acting calls :meth:`step` with each env's state. The value head is
-    initialised with gain 1 (orthogonal) and the policy head with a small gain, as in CleanRL and SB3.
+    initialised with gain 1 (orthogonal) and the policy head with a small gain, as in CleanRL and SB3; with
+    ``ortho_init=False`` it keeps PyTorch's default init.
     """
 
     def __init__(
