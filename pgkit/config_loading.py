@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pgkit.config import ALGORITHMS, ExperimentConfig
+from pgkit.environments.actions import check_action_space
 from pgkit.errors import ConfigError
 
 
@@ -195,6 +196,10 @@ def check_spaces(cfg: ExperimentConfig) -> None:
             cfg.policy.resolve_distribution(action_space)
         except ValueError as exc:
             raise ConfigError(f"config error: policy.distribution: {exc} (got {cfg.policy.distribution!r})") from None
+        try:
+            check_action_space(action_space)
+        except ValueError as exc:
+            raise ConfigError(f"config error: env.id: {exc} (got {cfg.env.id!r})") from None
         bounded = getattr(action_space, "is_bounded", lambda: True)()
         if cfg.env.action_bounds == "rescale" and not bounded:
             raise ConfigError("config error: env.action_bounds: 'rescale' needs finite action bounds (got 'rescale')")

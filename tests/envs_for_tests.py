@@ -112,3 +112,48 @@ class FaultyEnv(gym.Env):
             elif self.fault == "raise":
                 raise RuntimeError("simulated physics blow-up")
         return obs, reward, False, self.t >= 20, {}
+
+
+class ShiftedActionsEnv(gym.Env):
+    """Actions in ``Discrete(3, start=-1)`` (``kind="discrete"``) or ``MultiDiscrete([3, 2], start=[-1, 5])``
+    (``kind="multi"``). ``step`` raises on any action outside the space, so a run that hands unshifted actions
+    fails. Reward 1 per component equal to the observation's one-hot target; 10-step episodes; renders a frame."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}  # noqa: RUF012 (gymnasium's convention)
+
+    def __init__(self, kind: str = "discrete", render_mode: str | None = None) -> None:
+        if kind == "discrete":
+            self.action_space = gym.spaces.Discrete(3, start=-1)
+        elif kind == "overflow":  # actions 125 to 129 do not fit int8
+            self.action_space = gym.spaces.MultiDiscrete([5], dtype=np.int8, start=[125])
+        else:
+            self.action_space = gym.spaces.MultiDiscrete([3, 2], start=[-1, 5])
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (5,), np.float32)
+        self.render_mode = render_mode
+        self.seen: set = set()
+        self.t = 0
+
+    def _new_target(self):
+        space = self.action_space
+        self.target = space.sample()
+        obs = np.zeros(5, np.float32)
+        for i, value in enumerate(np.atleast_1d(self.target - space.start)):
+            obs[int(value) + 3 * i] = 1.0
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.action_space.seed(int(self.np_random.integers(2**31)))
+        self.t = 0
+        return self._new_target(), {}
+
+    def step(self, action):
+        if not self.action_space.contains(np.asarray(action, dtype=self.action_space.dtype)):
+            raise ValueError(f"action {action!r} is not in {self.action_space}")
+        self.seen.add(tuple(np.atleast_1d(action).tolist()))
+        self.t += 1
+        reward = float(np.sum(np.atleast_1d(action) == np.atleast_1d(self.target)))
+        return self._new_target(), reward, False, self.t >= 10, {}
+
+    def render(self):
+        return np.full((64, 64, 3), 20 * self.t, np.uint8)
