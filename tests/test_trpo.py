@@ -101,3 +101,27 @@ def test_trpo_rejects_shared_trunk():
         load_config(
             None, ["policy.shared_trunk=true"], base={"algorithm": {"name": "trpo"}, "env": {"id": "CartPole-v1"}}
         )
+
+
+def test_delta_bounds_the_kl_of_the_joint_action_distribution():
+    # pgkit's delta bounds the mean over states of KL summed over the 6 action dims (the paper's, OpenAI baselines'),
+    # not sb3-contrib's mean over dims, which would let the joint KL reach 6 x delta.
+    torch.manual_seed(3)
+    policy = PolicyConfig(actor_hidden=(16,)).init(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Box(-1, 1, (6,)))
+    obs = torch.randn(512, 4)
+    with torch.no_grad():
+        old = policy.distribution(obs)
+        actions = old.sample()
+        old_log_prob = old.log_prob(actions)
+        mu0, s0 = old.mean.clone(), old.log_std.exp().clone()
+    advantage = (actions * torch.linspace(-1, 1, 6)).sum(-1)  # a direction the policy can follow in every dim
+    out = natural_gradient_step(policy.actor_parameters(), lambda: policy.distribution(obs), actions, old_log_prob,
+                                advantage, max_kl=0.01, cg_iterations=15, cg_damping=0.1, shrink=0.8, max_backtracks=10)
+    assert float(out["step_fraction"]) > 0.5
+    with torch.no_grad():
+        new = policy.distribution(obs)
+        mu1, s1 = new.mean, new.log_std.exp()
+    per_dim = torch.log(s1 / s0) + (s0**2 + (mu0 - mu1) ** 2) / (2 * s1**2) - 0.5  # closed form, float32
+    joint = float(per_dim.sum(-1).mean())
+    assert 0.004 < joint <= 0.01 + 1e-6
+    assert float(per_dim.mean()) == pytest.approx(joint / 6, rel=1e-4)
