@@ -1,8 +1,14 @@
 """pgkit: policy-gradient algorithms on PyTorch Lightning, driven by one typed YAML config."""
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 import gymnasium as _gym
 
-__version__ = "0.1.0"
+try:
+    __version__ = _version("pgkit")
+except _PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 #: pgkit's own environments, registered with gymnasium on ``import pgkit`` (entry points: nothing is imported until
 #: an env is made). Each module's docstring documents the task and its optimal return.

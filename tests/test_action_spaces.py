@@ -58,7 +58,8 @@ def test_a_start_the_env_dtype_cannot_hold_exits_2(tmp_path, capsys):
                  "--set", "env.kwargs={kind: overflow}"])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.startswith("config error: env.id: MultiDiscrete([5], start=[125]) has actions from 125 to 129, outside"), err
+    expected = "config error: env.id: MultiDiscrete([5], start=[125]) has actions from 125 to 129, outside"
+    assert err.startswith(expected), err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -6,6 +6,7 @@ The stateset-rl-core API (``compute_gae``, ``batch_compute_gae``, ``compute_grou
 The trainers call the same functions, or the tensor functions those are built from.
 """
 
+from pgkit import __version__  # stateset-rl-core exports its version too
 from pgkit.ops.gae import advantages, batch_compute_gae, compute_gae, gae
 from pgkit.ops.group import (
     compute_group_advantages,
@@ -30,6 +31,7 @@ from pgkit.ops.vtrace import vtrace
 from pgkit.ops.welford import merge_moments
 
 __all__ = [
+    "__version__",
     "advantages",
     "apply_gspo_clipping",
     "batch_compute_gae",

@@ -15,12 +15,17 @@ from torch import Tensor
 ArrayT = TypeVar("ArrayT", np.ndarray, Tensor)
 
 
+def float_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype :func:`as_tensor` computes a numpy ``dtype`` in: float32 and float64 stay, all else is float64."""
+    return dtype if np.issubdtype(dtype, np.floating) and dtype != np.float16 else np.dtype(np.float64)
+
+
 def as_tensor(x: Any) -> Tensor:
     """A float tensor view of ``x``: tensors pass through (ints become float64), arrays and sequences are wrapped."""
     if isinstance(x, Tensor):
         return x if x.is_floating_point() else x.to(torch.float64)
     array = np.asarray(x)
-    if not np.issubdtype(array.dtype, np.floating) or array.dtype == np.float16:
+    if float_dtype(array.dtype) != array.dtype:
         array = array.astype(np.float64)
     if not array.flags.writeable:
         array = array.copy()  # torch.from_numpy warns on read-only memory; it never writes to inputs here.

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -15,8 +17,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pgkit.ops._arrays import as_tensor, give_back, is_torch
+from pgkit.ops._arrays import as_tensor, float_dtype, give_back, is_torch
 from pgkit.ops.scan import discounted_reverse_cumsum, padded_length
+
+
+def _td_errors(
+    reward: Tensor,
+    value: Tensor,
+    next_value: Tensor,
+    gamma: float,
+    terminated: Tensor | None = None,
+    scratch: Tensor | None = None,
+) -> Tensor:
+    """``r + gamma * V(s') * (1 - terminated) - V(s)`` in a ``[..., padded_length(T)]`` buffer, zero after ``T``."""
+    steps = reward.shape[-1]
+    # delta goes straight into a buffer as long as the scan wants, so the scan never copies it to pad it.
+    delta = reward.new_empty(*reward.shape[:-1], padded_length(steps)) if scratch is None else scratch
+    delta[..., steps:] = 0.0
+    out = delta[..., :steps]
+    if terminated is None:
+        torch.add(reward, next_value, alpha=gamma, out=out).sub_(value)
+    else:
+        torch.add(reward, next_value * ~terminated, alpha=gamma, out=out).sub_(value)
+    return delta
 
 
 def advantages(
@@ -35,19 +58,48 @@ def advantages(
     ``T`` columns). By default one is allocated.
     """
     steps = reward.shape[-1]
-    # delta goes straight into a buffer as long as the scan wants, so the scan never copies it to pad it.
-    delta = reward.new_empty(*reward.shape[:-1], padded_length(steps)) if scratch is None else scratch
-    delta[..., steps:] = 0.0
-    out = delta[..., :steps]
-    if terminated is None:
-        torch.add(reward, next_value, alpha=gamma, out=out).sub_(value)
-    else:
-        torch.add(reward, next_value * ~terminated, alpha=gamma, out=out).sub_(value)
+    delta = _td_errors(reward, value, next_value, gamma, terminated, scratch)
     discount: float | Tensor = gamma * gae_lambda
     if done is not None:
         # (not done) as the data's dtype: a Python float times a bool tensor would be float32.
         discount = F.pad((~done).to(delta.dtype) * (gamma * gae_lambda), (0, delta.shape[-1] - steps))
     return discounted_reverse_cumsum(delta, discount)[..., :steps]
+
+
+def _later(mask: Tensor, strict: bool = False) -> Tensor:
+    """Whether ``mask`` holds at ``t`` or after (strictly after with ``strict``), along the last axis."""
+    seen = mask.flip(-1).cummax(-1).values.flip(-1)
+    return F.pad(seen[..., 1:], (0, 1)) if strict else seen
+
+
+def _recursion_scan(delta: Tensor, steps: int, discount: float) -> Tensor:
+    """``A[t] = delta[t] + discount * A[t+1]`` over the first ``steps`` of ``delta``, as the loop computes it.
+
+    The blocked scan gives the same numbers, but its matrix products also multiply the zeros above their diagonal
+    by an infinite or NaN ``delta``, so a non-finite TD error would turn later steps NaN too. When the result is
+    not finite, the finite part is solved again without them and each non-finite ``delta[k]`` is carried back to
+    the steps ``t <= k`` it reaches in the loop: an infinity keeps its sign (flipped by a negative discount at each
+    step), turns NaN through a discount of 0 or where it meets the opposite infinity, and NaN stays NaN. A
+    non-finite discount makes every advantage NaN (the loop's last step multiplies it by 0).
+    """
+    if not math.isfinite(discount):
+        return torch.full_like(delta[..., :steps], torch.nan)
+    result = discounted_reverse_cumsum(delta, discount)[..., :steps]
+    if bool(torch.isfinite(result.sum())):  # finite only if every term is: one pass (and a sync on a GPU)
+        return result
+    delta = delta[..., :steps]
+    finite = delta.isfinite()
+    result = discounted_reverse_cumsum(torch.where(finite, delta, 0.0), discount)
+    if discount == 0.0:  # A[t] = delta[t] + 0 * A[t+1]: NaN as soon as anything after t is not finite
+        result = torch.where(finite, result, delta)
+        return result.masked_fill(_later(~finite, strict=True), torch.nan)
+    # With a negative discount, (-1)^t * A is the scan of (-1)^k * delta with the positive discount |discount|.
+    sign = 1.0 - 2.0 * (torch.arange(steps, device=delta.device) % 2).to(delta.dtype) if discount < 0 else 1.0
+    signed = delta * sign
+    up, down = _later(signed == math.inf), _later(signed == -math.inf)
+    infinite = torch.where(up, math.inf, -math.inf) * sign
+    result = torch.where(up | down, infinite, result)
+    return result.masked_fill(_later(signed.isnan()) | (up & down), torch.nan)
 
 
 def gae(
@@ -84,45 +136,74 @@ def compute_gae(rewards: Any, values: Any, gamma: float = 0.99, gae_lambda: floa
     """GAE advantages of one trajectory (stateset-rl-core's ``compute_gae``).
 
     ``values`` holds ``n + 1`` estimates, the last one the bootstrap for the state after the trajectory; with ``n``
-    the bootstrap is 0. Returns ``n`` advantages, as a numpy array or a tensor like the input. Unlike
-    stateset-rl-core, other lengths of ``values`` are an error, and a NaN can make later advantages of its trajectory
-    NaN too (not only those up to it).
+    the bootstrap is 0. Returns ``n`` advantages, as a numpy array or a tensor like the input, in the rewards' dtype
+    (computed in the wider of the two). Infinite and NaN inputs give what the step-by-step recursion gives in IEEE
+    arithmetic, as stateset-rl-core. Unlike stateset-rl-core, other lengths of ``values`` are an error.
     """
     r, v = as_tensor(rewards), as_tensor(values)
     if r.ndim != 1 or v.ndim != 1:
         raise ValueError(f"compute_gae takes 1-D rewards and values, got shapes {tuple(r.shape)} and {tuple(v.shape)}")
-    value, next_value = _split_values(v.to(r.dtype), r.shape[0])
-    return give_back(advantages(r, value, next_value, gamma, gae_lambda), is_torch(rewards, values))
+    dtype = torch.promote_types(r.dtype, v.dtype)
+    value, next_value = _split_values(v.to(dtype), r.shape[0])
+    delta = _td_errors(r.to(dtype), value, next_value, gamma)
+    result = _recursion_scan(delta, r.shape[0], gamma * gae_lambda).to(r.dtype)
+    return give_back(result, is_torch(rewards, values))
 
 
 def batch_compute_gae(
     all_rewards: Sequence[Any], all_values: Sequence[Any], gamma: float = 0.99, gae_lambda: float = 0.95
 ) -> list[Any]:
-    """:func:`compute_gae` for a list of trajectories of any lengths (stateset-rl-core's ``batch_compute_gae``).
+    """:func:`compute_gae` for many trajectories (stateset-rl-core's ``batch_compute_gae``).
 
-    The trajectories are packed into one zero-padded ``[B, T_max]`` batch and solved together; zeros after a
-    trajectory's end add nothing to its advantages. The returned arrays are views into one result buffer.
+    ``all_rewards`` and ``all_values`` are sequences of 1-D arrays of any lengths, or 2-D arrays with a trajectory
+    per row. The trajectories are packed into one zero-padded ``[B, T_max]`` batch and solved together, in the
+    widest dtype among them; zeros after a trajectory's end add nothing to its advantages. Each returned array has
+    its own rewards' dtype and, where that is the batch's, is a view into one result buffer.
     """
     if len(all_rewards) != len(all_values):
         raise ValueError(f"got {len(all_rewards)} reward arrays but {len(all_values)} value arrays")
-    if not all_rewards:
+    if len(all_rewards) == 0:
         return []
-    torch_out = is_torch(*all_rewards[:1], *all_values[:1])
-    lengths = [len(r) for r in all_rewards]
-    value_lengths = [len(v) for v in all_values]
+    torch_out = is_torch(all_rewards, all_values, all_rewards[0], all_values[0])
+    rewards, lengths, dtypes = _rows(all_rewards, torch_out)
+    values, value_lengths, value_dtypes = _rows(all_values, torch_out)
     for i, (n, m) in enumerate(zip(lengths, value_lengths, strict=True)):
         if m not in (n, n + 1):
             raise ValueError(f"trajectory {i}: {n} rewards need {n + 1} values (or {n}), got {m}")
+    if torch_out:
+        dtype = functools.reduce(torch.promote_types, {*dtypes, *value_dtypes})
+    else:
+        dtype = np.result_type(*{*dtypes, *value_dtypes})
     steps = max(lengths)
-    scratch = _pad(all_rewards, lengths, padded_length(steps), torch_out, "rewards")
-    values = _pad(all_values, value_lengths, steps + 1, torch_out, "values").to(scratch.dtype)
+    scratch = _pad(rewards, lengths, padded_length(steps), torch_out, "rewards", dtype)
+    values = _pad(values, value_lengths, steps + 1, torch_out, "values", dtype)
     value = values[:, :-1]
     if any(n != steps for n in lengths):  # a short trajectory's bootstrap value must not count as a step's value
         past_end = torch.arange(steps, device=value.device) >= torch.tensor(lengths, device=value.device)[:, None]
         value = value.masked_fill(past_end, 0.0)
-    result = advantages(scratch[:, :steps], value, values[:, 1:], gamma, gae_lambda, scratch=scratch)
-    rows = give_back(result, torch_out)
-    return [rows[i, :n] for i, n in enumerate(lengths)]
+    delta = _td_errors(scratch[:, :steps], value, values[:, 1:], gamma, scratch=scratch)
+    rows = give_back(_recursion_scan(delta, steps, gamma * gae_lambda), torch_out)
+    if all(d == dtype for d in dtypes):
+        return [rows[i, :n] for i, n in enumerate(lengths)]
+    if torch_out:
+        return [rows[i, :n].to(d) for i, (n, d) in enumerate(zip(lengths, dtypes, strict=True))]
+    return [rows[i, :n].astype(d, copy=False) for i, (n, d) in enumerate(zip(lengths, dtypes, strict=True))]
+
+
+def _rows(rows: Any, torch_out: bool) -> tuple[Any, list[int], list[Any]]:
+    """``rows`` ready for :func:`_pad` (a 2-D array or tensor, or a list of 1-D ones), each row's length and dtype.
+
+    The dtypes are the float dtypes :func:`as_tensor` gives (numpy dtypes for numpy output, torch dtypes else).
+    """
+    if isinstance(rows, (np.ndarray, Tensor)) and rows.ndim == 2:
+        table = as_tensor(rows) if torch_out or isinstance(rows, Tensor) else np.asarray(rows)
+        kind = table.dtype if torch_out else float_dtype(table.dtype)
+        return table, [table.shape[1]] * table.shape[0], [kind] * table.shape[0]
+    if torch_out:
+        tensors = [as_tensor(r) for r in rows]
+        return tensors, [len(t) for t in tensors], [t.dtype for t in tensors]
+    arrays = [np.asarray(r) for r in rows]
+    return arrays, [len(a) for a in arrays], [float_dtype(a.dtype) for a in arrays]
 
 
 _staging = threading.local()
@@ -138,26 +219,30 @@ def _staging_buffer(name: str, shape: tuple[int, int], dtype: np.dtype) -> np.nd
     return buffer[:size].reshape(shape)
 
 
-def _pad(rows: Sequence[Any], lengths: list[int], width: int, torch_out: bool, name: str) -> Tensor:
-    """Rows packed into a zero-padded ``[B, width]`` tensor in one copy.
+def _pad(rows: Any, lengths: list[int], width: int, torch_out: bool, name: str, dtype: Any) -> Tensor:
+    """Rows packed into a zero-padded ``[B, width]`` tensor of ``dtype`` in one copy.
 
     numpy rows go into a reused per-thread staging buffer (``name``), so the result is scratch, valid until the next
     call; tensor rows are stacked into fresh memory on their device.
     """
+    same = all(n == lengths[0] for n in lengths)
     if torch_out:
-        tensors = [as_tensor(r) for r in rows]
-        out = tensors[0].new_zeros(len(rows), width)
-        keep = torch.arange(width, device=out.device) < torch.tensor(lengths, device=out.device)[:, None]
-        if all(n == lengths[0] for n in lengths):
-            out[:, : lengths[0]] = torch.stack(tensors)
+        table = rows if isinstance(rows, Tensor) else None
+        device = rows.device if table is not None else rows[0].device
+        out = torch.zeros(len(lengths), width, dtype=dtype, device=device)
+        if table is not None or same:
+            out[:, : lengths[0]] = table if table is not None else torch.stack(rows)
         else:
-            out[keep] = torch.cat(tensors)
+            keep = torch.arange(width, device=device) < torch.tensor(lengths, device=device)[:, None]
+            out[keep] = torch.cat(rows).to(dtype)
         return out
-    dtype = np.result_type(*(np.asarray(r).dtype for r in rows[:1]), np.float32)
-    out = _staging_buffer(name, (len(rows), width), dtype)
-    if all(n == lengths[0] for n in lengths):
+    out = _staging_buffer(name, (len(lengths), width), dtype)
+    if same:
         out[:, lengths[0] :] = 0.0
-        np.stack(rows, out=out[:, : lengths[0]], casting="same_kind")
+        if isinstance(rows, np.ndarray):
+            out[:, : lengths[0]] = rows
+        else:
+            np.stack(rows, out=out[:, : lengths[0]], casting="same_kind")
     else:
         out[:] = 0.0
         out[np.arange(width) < np.asarray(lengths)[:, None]] = np.concatenate(rows)

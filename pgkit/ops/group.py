@@ -26,19 +26,21 @@ def group_baseline(rewards: Tensor, kind: str) -> Tensor:
     """Each group's baseline, shape ``[groups, 1]``, for rewards of shape ``[groups, group_size]``.
 
     The median of an even-sized group is the mean of its two middle values (as numpy's). A NaN anywhere in a group
-    makes its baseline NaN, whatever the kind.
+    makes its baseline NaN, whatever the kind; so does an empty group (``group_size`` 0).
     """
+    if kind not in ("mean", "median", "min"):
+        raise ValueError(f"baseline_type must be 'mean', 'median' or 'min', got {kind!r}")
+    size = rewards.shape[1]
+    if size == 0:
+        return rewards.new_full((rewards.shape[0], 1), torch.nan)
     if kind == "mean":
         return rewards.mean(dim=1, keepdim=True)
     if kind == "median":
-        size = rewards.shape[1]
         ordered = rewards.sort(dim=1).values
         middle = (ordered[:, (size - 1) // 2] + ordered[:, size // 2]) / 2
         has_nan = rewards.isnan().any(dim=1)
         return torch.where(has_nan, torch.nan, middle).unsqueeze(1)
-    if kind == "min":
-        return rewards.amin(dim=1, keepdim=True)
-    raise ValueError(f"baseline_type must be 'mean', 'median' or 'min', got {kind!r}")
+    return rewards.amin(dim=1, keepdim=True)
 
 
 def group_advantages(rewards: Tensor, baseline: Baseline = "mean", scale: Scale = "group", eps: float = 1e-4) -> Tensor:
@@ -65,8 +67,9 @@ def compute_group_advantages(rewards: Any, baseline_type: str = "mean", normaliz
     ``rewards`` has shape ``[num_groups, group_size]``; the result is ``r - baseline``, flattened row by row to
     ``[num_groups * group_size]`` (as stateset-rl-core returns it). With ``normalize`` each group's advantages are
     centred and divided by ``std + 1e-8`` (population std) when that std exceeds ``1e-8``, and left as they are
-    otherwise; centring makes the baseline irrelevant then. Unlike stateset-rl-core, an unknown ``baseline_type`` is an
-    error (it falls back to the mean), and a NaN makes its whole group NaN for every baseline (its ``min`` skips NaN).
+    otherwise (a NaN std, from an infinite reward, included); centring makes the baseline irrelevant then. Unlike
+    stateset-rl-core, an unknown ``baseline_type`` is an error (it falls back to the mean), and a NaN makes its whole
+    group NaN for every baseline (its ``min`` skips NaN).
     """
     r = as_tensor(rewards)
     if r.ndim != 2:
@@ -74,8 +77,8 @@ def compute_group_advantages(rewards: Any, baseline_type: str = "mean", normaliz
     advantage = r - group_baseline(r, baseline_type)
     if normalize and r.shape[1] > 0:
         mean, std = _row_mean_std(advantage, correction=0)
-        spread = std > 1e-8  # groups whose rewards (nearly) all agree are left as they are
-        advantage = (advantage - mean * spread) * torch.where(spread, 1.0 / (std + 1e-8), 1.0)
+        # groups whose rewards (nearly) all agree, or whose std is NaN, are left as they are
+        advantage = torch.where(std > 1e-8, (advantage - mean) / (std + 1e-8), advantage)
     return give_back(advantage.reshape(-1), is_torch(rewards))
 
 

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from pgkit.ops._arrays import as_tensor, give_back, is_torch, scalar_back
-from pgkit.ops.welford import merge_moments
+
+
+def _moments(r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean, var / scale**2, scale)`` of a non-empty 1-D tensor: its mean and population variance.
+
+    The mean is IEEE's ``sum / n``, so order does not matter: ``inf`` for ``[inf, 1]`` and ``[1, inf]`` alike, NaN
+    where ``+inf`` meets ``-inf`` or with a NaN. It does not overflow on finite data: everything is first divided by
+    ``scale``, the power of two at or below the largest magnitude (exactly, so the digits are those of the plain
+    formula). The variance is two-pass, and NaN when the mean is not finite (``inf - inf``). No device sync.
+    """
+    big = r.abs().amax()
+    scale = torch.where((big > 0) & (big < math.inf), torch.exp2(torch.floor(torch.log2(big))), 1.0)
+    x = r / scale
+    mean = x.mean()
+    var = torch.where(mean.isfinite(), (x - mean).square().mean(), torch.nan)
+    return mean * scale, var, scale
 
 
 def normalize_rewards(
     rewards: Any, running_mean: Any = 0.0, running_var: Any = 1.0, count: int = 0, epsilon: float = 1e-8
 ) -> tuple[Any, Any, Any, int]:
-    """Fold ``rewards`` into running moments (Welford/Chan), then standardise them with the updated moments.
+    """Fold ``rewards`` into running moments (Chan's merge), then standardise them with the updated moments.
 
     Returns ``(normalized, mean, var, count)``: ``(rewards - mean) / sqrt(var + epsilon)`` with the population
-    variance. With ``count == 0`` the prior moments are ignored; an empty batch returns them unchanged. For tensor
-    input the mean and variance come back as 0-d tensors (no device sync); for numpy input, as floats.
+    variance. With ``count == 0`` the prior moments get weight 0 (a NaN or infinite prior still makes the result
+    NaN, as in stateset-rl-core); an empty batch returns them unchanged; a negative ``count`` is a ``ValueError``.
+    The mean is the IEEE mean of all the data (infinite if an infinity is among them, in any order), and the
+    variance is NaN when the mean is not finite. For tensor input the mean and variance come back as 0-d tensors
+    in the tensor's dtype (no device sync); for numpy input, as floats.
     """
+    if count < 0:
+        raise ValueError(f"normalize_rewards needs count >= 0, got {count}")
     r = as_tensor(rewards)
     torch_out = is_torch(rewards)
     n = r.numel()
@@ -26,16 +49,23 @@ def normalize_rewards(
         return give_back(r.clone(), torch_out), running_mean, running_var, count
     prior_mean = torch.as_tensor(running_mean, dtype=r.dtype, device=r.device)
     prior_var = torch.as_tensor(running_var, dtype=r.dtype, device=r.device)
-    batch_var, batch_mean = torch.var_mean(r, correction=0)
-    mean, var, total = merge_moments(prior_mean, prior_var, count, batch_mean, batch_var, n)
+    batch_mean, batch_var, scale = _moments(r.reshape(-1))
+    total = count + n
+    mean = prior_mean * (count / total) + batch_mean * (n / total)  # weights, not a difference: inf + 1 is inf
+    delta = batch_mean - prior_mean
+    m2 = prior_var * count + batch_var * scale * scale * n + delta * (delta * (count * n / total))
+    var = torch.where(mean.isfinite(), m2 / total, torch.nan)
     normalized = (r - mean).mul_((var + epsilon).rsqrt())
     return give_back(normalized, torch_out), scalar_back(mean, torch_out), scalar_back(var, torch_out), int(total)
 
 
 def clip_rewards(rewards: Any, min_val: float, max_val: float) -> Any:
-    """Clamp every reward into ``[min_val, max_val]`` (NaN stays NaN). ``min_val > max_val`` is a ``ValueError``."""
-    if min_val > max_val:
-        raise ValueError(f"clip_rewards needs min_val <= max_val, got {min_val} > {max_val}")
+    """Clamp every reward into ``[min_val, max_val]`` (NaN stays NaN).
+
+    ``min_val > max_val`` or a NaN bound is a ``ValueError``, even for an empty batch.
+    """
+    if not min_val <= max_val:
+        raise ValueError(f"clip_rewards needs min_val <= max_val (and neither NaN), got {min_val} and {max_val}")
     return give_back(as_tensor(rewards).clamp(min_val, max_val), is_torch(rewards))
 
 
@@ -46,19 +76,22 @@ clip_rewards_py = clip_rewards
 def compute_reward_statistics(rewards: Any) -> dict[str, Any]:
     """``mean``, ``std`` (population), ``min``, ``max``, ``median`` and ``count`` of a batch of rewards.
 
-    The median of an even count is the mean of the middle two. Values are floats for numpy input and 0-d tensors
-    for tensor input. Unlike stateset-rl-core, an empty batch also reports ``count`` (0) and NaN input gives NaN
-    statistics instead of a panic.
+    numpy arrays and sequences of any dtype are computed in float64 (as stateset-rl-core) and the values are floats;
+    tensors are computed in their own dtype (integers in float64), on their device, and the values are 0-d tensors.
+    The median of an even count is the mean of the middle two. Infinite rewards follow IEEE arithmetic, in any order
+    (the mean of ``[inf, 1]`` and of ``[1, inf]`` is ``inf``, the std of anything infinite NaN), as stateset-rl-core.
+    Unlike stateset-rl-core, an empty batch also reports ``count`` (0), NaN input gives NaN statistics instead of a
+    panic, and the mean, std and median do not overflow to ``inf`` on finite rewards near the float64 limit.
     """
-    r = as_tensor(rewards).reshape(-1)
     torch_out = is_torch(rewards)
+    r = (as_tensor(rewards) if torch_out else as_tensor(np.asarray(rewards, dtype=np.float64))).reshape(-1)
     if r.numel() == 0:
         zero = r.new_zeros(())
         return {k: scalar_back(zero, torch_out) for k in ("mean", "std", "min", "max", "median", "count")}
-    std, mean = torch.std_mean(r, correction=0)
-    median = (r.median() - (-r).median()) / 2  # the lower and the upper middle value: no full sort
-    stats = {"mean": mean, "std": std, "min": r.min(), "max": r.max(), "median": median}
-    if r.isnan().any():
-        stats = {k: torch.full_like(v, torch.nan) for k, v in stats.items()}
+    mean, var, scale = _moments(r)
+    lower, upper = r.median(), -(-r).median()  # the lower and the upper middle value: no full sort
+    pair = lower + upper
+    median = torch.where(pair.isfinite(), pair / 2, lower / 2 + upper / 2)  # halves first only if the sum overflows
+    stats = {"mean": mean, "std": var.sqrt() * scale, "min": r.min(), "max": r.max(), "median": median}
     stats["count"] = r.new_tensor(float(r.numel()))
     return {k: scalar_back(v, torch_out) for k, v in stats.items()}

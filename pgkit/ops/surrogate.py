@@ -31,19 +31,38 @@ def kl_k3(log_ratio: Tensor) -> Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
-def compute_ppo_surrogate(ratios: Any, advantages: Any, clip_epsilon: float = 0.2) -> Any:
-    """PPO's clipped surrogate per sample (stateset-rl-core's ``compute_ppo_surrogate``).
-
-    Shapes broadcast as in numpy (stateset-rl-core instead truncates to the shorter input).
-    """
-    out = clipped_surrogate(as_tensor(ratios), as_tensor(advantages), clip_epsilon, clip_epsilon)
+def _stateset_surrogate(ratios: Any, advantages: Any, clip_low: float, clip_high: float, name: str) -> Any:
+    """``A * min(r, 1 + clip_high)`` where ``A >= 0``, else ``A * max(r, 1 - clip_low)``: :func:`clipped_surrogate`
+    written so that an advantage of 0 gives 0 even for an infinite ratio. NaN propagates."""
+    r, a = as_tensor(ratios), as_tensor(advantages)
+    if r.shape != a.shape:
+        shapes = f"{tuple(r.shape)} and {tuple(a.shape)}"
+        raise ValueError(f"{name}: ratios and advantages must have one shape, got {shapes}")
+    low, high = 1.0 - clip_low, 1.0 + clip_high
+    if not low <= high:  # also catches NaN
+        raise ValueError(f"{name}: the clip range [{low}, {high}] is empty")
+    out = torch.where(a >= 0, a * r.clamp(max=high), a * r.clamp(min=low))
     return give_back(out, is_torch(ratios, advantages))
+
+
+def compute_ppo_surrogate(ratios: Any, advantages: Any, clip_epsilon: float = 0.2) -> Any:
+    """PPO's clipped surrogate ``min(r * A, clip(r, 1 - eps, 1 + eps) * A)`` per sample (stateset-rl-core's).
+
+    ``ratios`` and ``advantages`` must have one shape (stateset-rl-core truncates to the shorter), and a negative or
+    NaN ``clip_epsilon`` is a ``ValueError`` (stateset-rl-core panics). A NaN ratio or advantage gives NaN, and so does
+    ``0 * inf`` (a ratio of 0 with an infinite advantage; stateset-rl-core's ``min`` skips the NaN product).
+    """
+    return _stateset_surrogate(ratios, advantages, clip_epsilon, clip_epsilon, "compute_ppo_surrogate")
 
 
 def apply_gspo_clipping(ratios: Any, advantages: Any, clip_left: float = 3e-4, clip_right: float = 4e-4) -> Any:
-    """The surrogate with asymmetric clipping to ``[1 - clip_left, 1 + clip_right]`` (stateset-rl-core's)."""
-    out = clipped_surrogate(as_tensor(ratios), as_tensor(advantages), clip_left, clip_right)
-    return give_back(out, is_torch(ratios, advantages))
+    """The surrogate with asymmetric clipping to ``[1 - clip_left, 1 + clip_right]`` (stateset-rl-core's).
+
+    ``ratios`` and ``advantages`` must have one shape, and an empty or NaN clip range is a ``ValueError``
+    (stateset-rl-core truncates, and uses whichever bound the advantage's sign picks). A NaN ratio gives NaN where
+    stateset-rl-core returns the bound times the advantage.
+    """
+    return _stateset_surrogate(ratios, advantages, clip_left, clip_right, "apply_gspo_clipping")
 
 
 def compute_gspo_importance_ratios(log_probs_new: Any, log_probs_old: Any, sequence_lengths: Any) -> Any:
