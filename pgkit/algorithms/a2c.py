@@ -54,14 +54,20 @@ class A2CConfig(AlgorithmConfigBase):
 class A2C(OnPolicyModule):
     """A2C: one gradient step on the whole rollout per iteration."""
 
+    # The base takes the single step itself (manual optimisation): Lightning's automatic-optimisation closure costs
+    # more than the update of a 5-step rollout.
+    fused_minibatches = True
+
     def __init__(self, config: dict) -> None:
         super().__init__(config)
         self.algo: A2CConfig = self.cfg.algorithm
+        self.automatic_optimization = False
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         a = self.algo
+        # foreach: one multi-tensor kernel per op instead of a loop over parameter tensors (the CPU default).
         return torch.optim.RMSprop(
-            self.policy.parameters(), lr=a.learning_rate, alpha=a.rms_prop_alpha, eps=a.rms_prop_eps
+            self.policy.parameters(), lr=a.learning_rate, alpha=a.rms_prop_alpha, eps=a.rms_prop_eps, foreach=True
         )
 
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
