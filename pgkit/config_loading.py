@@ -105,8 +105,18 @@ def _clean_loc(loc: tuple[Any, ...], algorithms: dict[str, type[BaseModel]]) -> 
     return loc
 
 
+#: Algorithm options renamed when their meaning changed: the old key's error says what replaced it.
+RENAMED: dict[tuple[str, str], str] = {
+    ("grpo", "reference"): "TRL's sync_ref_model, ref_model_mixup_alpha and ref_model_sync_steps (frozen by "
+    "default; alpha 1 gives a periodic copy)",
+    ("vmpo", "target_update_period"): "target_update_iterations (counted in iterations, not gradient updates)",
+}
+
+
 def _suggest(loc: tuple[Any, ...], algo_name: str | None, schema: Schema) -> str:
     root, algorithms = schema
+    if len(loc) == 2 and loc[0] == "algorithm" and (algo_name, loc[1]) in RENAMED:
+        return f"; replaced by {RENAMED[algo_name, loc[1]]}"
     if len(loc) >= 2 and loc[0] == "algorithm" and algo_name in algorithms:
         model: type[BaseModel] | None = algorithms[algo_name] if len(loc) == 2 else None
     else:

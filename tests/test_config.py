@@ -166,3 +166,18 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
         == "config error: algorithm.clip_range: Input should be greater than 0 (got -1)"
     )
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "key", "hint"),
+    [
+        ("grpo", "reference", "replaced by TRL's sync_ref_model, ref_model_mixup_alpha and ref_model_sync_steps"),
+        ("vmpo", "target_update_period", "replaced by target_update_iterations"),
+    ],
+)
+def test_options_renamed_by_the_reference_fixes_say_what_replaced_them(tmp_path, capsys, algorithm, key, hint):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"algorithm: {{name: {algorithm}, {key}: 10}}\nenv: {{id: CartPole-v1}}\n")
+    code, _, err = run_cli(capsys, "validate", "--config", str(path))
+    assert code == 2 and err.startswith(f"config error: algorithm.{key}: unknown key; {hint}"), err
+    assert len(err.strip().splitlines()) == 1
