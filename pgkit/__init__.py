@@ -1,7 +1,11 @@
 """pgkit: policy-gradient algorithms on PyTorch Lightning, driven by one typed YAML config."""
 
+from collections.abc import Mapping as _Mapping
+from collections.abc import Sequence as _Sequence
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
+from pathlib import Path as _Path
+from typing import Any as _Any
 
 import gymnasium as _gym
 
@@ -23,3 +27,22 @@ BUILTIN_ENVS = {
 for _env_id, _entry_point in BUILTIN_ENVS.items():
     if _env_id not in _gym.registry:
         _gym.register(_env_id, entry_point=_entry_point)
+
+
+def fit(
+    config: str | _Path | _Mapping[str, _Any] | _Any,
+    overrides: _Mapping[str, _Any] | _Sequence[str] | None = None,
+    resume: str | _Path | None = None,
+) -> _Any:
+    """Train a config (YAML path, mapping or config object) with ``overrides`` and return its ``FitResult``; see
+    :func:`pgkit.api.fit`. Imported lazily, so ``import pgkit`` stays light."""
+    from pgkit.api import fit as _fit
+
+    return _fit(config, overrides, resume)
+
+
+def load(checkpoint: str | _Path) -> _Any:
+    """The trained policy in a checkpoint, an ``Agent`` with ``predict``; see :func:`pgkit.api.load`."""
+    from pgkit.api import load as _load
+
+    return _load(checkpoint)

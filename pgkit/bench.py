@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -200,6 +201,9 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     from pgkit.training import fit
 
     cfg = load_config(spec.config, list(spec.overrides))
+    # An unfinished run (no result.json) restarts from scratch: its folder belongs to the suite, so its stale
+    # checkpoints are removed rather than refused.
+    shutil.rmtree(Path(cfg.trainer.output_dir) / "checkpoints", ignore_errors=True)
     start = time.perf_counter()
     result = fit(cfg)
     wall = time.perf_counter() - start

@@ -90,7 +90,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 class MLflowArtifacts(L.Callback):
-    """Logs the resolved config (params and YAML) at the start; the last checkpoint and a learning curve at the end.
+    """Logs the resolved config (params and YAML) at the start; the last checkpoint, the policy as an MLflow model
+    (:mod:`pgkit.mlflow_model`) and a learning curve at the end.
 
     Lightning's ``log_model=True`` is broken on MLflow 3, hence logging the checkpoint file ourselves.
     """
@@ -112,10 +113,45 @@ class MLflowArtifacts(L.Callback):
         last = self.checkpoint_dir / "last.ckpt"
         if last.exists():
             client.log_artifact(run_id, str(last), artifact_path="checkpoints")
+            logger_cfg = self.config.get("logger", {})
+            if logger_cfg.get("log_model", True) and hasattr(pl_module, "observation_space"):
+                from pgkit.mlflow_model import log_policy
+
+                log_policy(client, run_id, last, pl_module, logger_cfg.get("register_model"))
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "learning_curve.png"
             if plot_learning_curve(client, run_id, png):
                 client.log_artifact(run_id, str(png))
+
+
+class SystemMetrics(L.Callback):
+    """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk, network, GPU) for the run,
+    sampled by MLflow's own monitor in a background thread of rank 0, bound to the run's tracking URI (nothing is
+    set globally)."""
+
+    def __init__(self, logger: MLFlowLogger, tracking_uri: str, interval: float, resumed: bool) -> None:
+        self.logger, self.tracking_uri, self.interval, self.resumed = logger, tracking_uri, interval, resumed
+        self.monitor = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.monitor = SystemMetricsMonitor(self.logger.run_id, sampling_interval=self.interval,
+                                            resume_logging=self.resumed, tracking_uri=self.tracking_uri)
+        self.monitor.start()
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.stop()
 
 
 def plot_learning_curve(client, run_id: str, path: Path) -> bool:

@@ -41,8 +41,10 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         raise UserError(f"checkpoint error: {path}: is a directory, not a checkpoint file")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError, KeyError,
+            IndexError, TypeError, AttributeError, UnicodeDecodeError) as exc:  # a text file gives KeyError: 101
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        first = first if not isinstance(exc, KeyError) else f"unexpected byte {first}"
         raise UserError(
             f"checkpoint error: {path}: not a readable checkpoint (truncated or corrupt?): {first}"
         ) from None
@@ -63,6 +65,24 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 def checkpoint_metadata(mlflow_run_id: str | None) -> dict[str, Any]:
     """The ``checkpoint["pgkit"]`` section written with every checkpoint."""
     return {"format": FORMAT_VERSION, "mlflow_run_id": mlflow_run_id}
+
+
+def check_resume_fits(loaded: LoadedCheckpoint, config: dict[str, Any]) -> None:
+    """Raise :class:`UserError` if a checkpoint cannot continue under ``config``: another algorithm (its optimizer
+    state would not fit), another environment or another model. The weights' shapes are checked when they are loaded
+    (:func:`load_weights`); both checks run before any MLflow run is opened."""
+    def get(data: dict[str, Any], *keys: str) -> Any:
+        for key in keys:
+            data = data.get(key) if isinstance(data, dict) else None
+        return data
+
+    for keys in (("algorithm", "name"), ("env", "id"), ("model", "path")):
+        saved, wanted = get(loaded.config, *keys), get(config, *keys)
+        if saved != wanted:
+            raise UserError(
+                f"checkpoint error: {loaded.path}: was trained with {'.'.join(keys)} {saved!r}, but this config has "
+                f"{wanted!r}; resume with the run's own config (pgkit fit --resume CKPT) or start a new run"
+            )
 
 
 def load_weights(module: torch.nn.Module, loaded: LoadedCheckpoint) -> None:

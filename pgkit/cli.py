@@ -56,8 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: each config's)")
     p.add_argument("--report", action="store_true", help="only rewrite the reports from the finished runs")
 
-    p = sub.add_parser("validate", help="check a config without training")
-    _config_args(p, required=True)
+    p = sub.add_parser("export", help="write a checkpoint's policy as a standalone ONNX or TorchScript file")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--output", required=True, metavar="FILE")
+
+    p = sub.add_parser("validate", help="check one or more configs without training")
+    _config_args(p, required=False)
+    p.add_argument("files", nargs="*", metavar="FILE", help="more configs to check (each with the same --set)")
 
     p = sub.add_parser("schema", help="print the config's JSON schema")
     p.add_argument("--llm", action="store_true", help="the schema of a language-model config")
@@ -65,39 +71,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _peer_failed(exc: BaseException) -> bool:
+    """Whether a collective failed because another rank's process went away (gloo: "Connection closed by peer")."""
+    text = str(exc)
+    return type(exc).__name__ in ("DistBackendError", "DistNetworkError", "RuntimeError") and (
+        "closed by peer" in text or "remote worker" in text or "Connection reset by peer" in text
+    )
+
+
+def _kept(cfg) -> str:
+    """Where the last checkpoint is, said only if one was written."""
+    last = Path(cfg.trainer.output_dir) / "checkpoints" / "last.ckpt"
+    return f"last checkpoint kept in {last}" if last.exists() else "no checkpoint was written"
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from pgkit.checkpoints import load_checkpoint
     from pgkit.config_loading import load_config
+    from pgkit.outputs import resolve_output_dir
     from pgkit.training import fit
 
     if args.config is None and args.resume is None:
         raise UserError("pgkit fit: give --config FILE, or --resume CKPT to continue a run with its own config")
     base = load_checkpoint(args.resume).config if args.config is None else None
-    cfg = load_config(args.config, args.overrides, base=base)
+    cfg = resolve_output_dir(load_config(args.config, args.overrides, base=base), args.resume)
     try:
         result = fit(cfg, resume=args.resume)
     except UserError:
         raise
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
-        print(f"pgkit: stopped by {name}; last checkpoint {exc.checkpoint}; MLflow run marked KILLED", file=sys.stderr)
+        print(f"pgkit: stopped by {name}; {_kept(cfg)}; MLflow run marked KILLED", file=sys.stderr)
         return 128 + exc.signum
     except TrainingError as exc:
-        print(f"pgkit: run failed: {exc}; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}",
-              file=sys.stderr)
+        print(f"pgkit: run failed: {exc}; {_kept(cfg)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            f"pgkit: interrupted; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}",
-            file=sys.stderr,
-        )
+        print(f"pgkit: interrupted; {_kept(cfg)}", file=sys.stderr)
         return 1
-    except Exception:
+    except Exception as exc:
+        if _peer_failed(exc):  # another rank died: its own log says why; this one stops in one line
+            print(f"pgkit: run failed: another rank stopped ({' '.join(str(exc).split())[:200]}); {_kept(cfg)}",
+                  file=sys.stderr)
+            return 1
         traceback.print_exc()
-        print(
-            f"pgkit: run failed; last checkpoint kept in {Path(cfg.trainer.output_dir) / 'checkpoints'}",
-            file=sys.stderr,
-        )
+        print(f"pgkit: run failed; {_kept(cfg)}", file=sys.stderr)
         return 1
     if result.rank != 0:  # DDP: rank 0 reports
         return 0
@@ -110,13 +128,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from pgkit.evaluation import record_video, restore_agent
+def _report(label: str, result, json_output: bool, wanted: int) -> None:
+    """An evaluation's summary line, or its JSON with per-episode returns and lengths."""
+    if json_output:
+        print(json.dumps({"mean_return": result.mean_return, "std_return": result.std_return,
+                          "episodes": len(result.returns), "requested": wanted, "returns": result.returns,
+                          "lengths": result.lengths}))
+    else:
+        print(f"{label}: {result.mean_return:.2f} ± {result.std_return:.2f} over {len(result.returns)} episodes")
 
+
+def cmd_eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise UserError(f"eval error: --episodes: must be at least 1 (got {args.episodes})")
+    if args.video:
+        from pgkit.evaluation import headless_gl
+
+        headless_gl()  # before anything imports MuJoCo
+    from pgkit.evaluation import EvalInterrupted, evaluate, record_video, restore_agent
+
     agent, cfg, seed = restore_agent(args.checkpoint, args.seed)
-    from pgkit.evaluation import evaluate
 
     if hasattr(cfg, "model"):  # a language model: mean reward on the held-out prompts
         if args.video:
@@ -134,17 +165,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"{len(result.returns)} held-out prompts")
         return 0
     env = cfg.env
-    result = evaluate(agent, env.id, args.episodes, args.deterministic, seed, env.kwargs, env.max_episode_steps)
+    try:
+        result = evaluate(agent, env.id, args.episodes, args.deterministic, seed, env.kwargs, env.max_episode_steps)
+    except EvalInterrupted as stop:  # Ctrl-C: what finished so far, no traceback
+        done = stop.result
+        print(f"pgkit: interrupted after {len(done.returns)} of {args.episodes} episodes", file=sys.stderr)
+        if done.returns:
+            _report(cfg.env.id, done, args.json, args.episodes)
+        return 130
     if args.video:
         record_video(agent, cfg, args.video, args.episodes, args.deterministic, seed)
-    if args.json:
-        print(
-            json.dumps(
-                {"mean_return": result.mean_return, "std_return": result.std_return, "episodes": len(result.returns)}
-            )
-        )
-    else:
-        print(f"{cfg.env.id}: {result.mean_return:.2f} ± {result.std_return:.2f} over {len(result.returns)} episodes")
+    _report(cfg.env.id, result, args.json, args.episodes)
     return 0
 
 
@@ -161,17 +192,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pgkit.export import export_policy
+
+    path = export_policy(args.checkpoint, args.format, args.output)
+    print(f"exported the deterministic policy of {args.checkpoint} to {path} ({args.format})")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from pgkit.config_loading import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    text = hasattr(cfg, "model")
-    target, unit = (cfg.model.path, "completions") if text else (cfg.env.id, "steps")
-    print(
-        f"ok: {cfg.algorithm.name} on {target}, {cfg.num_iterations} iterations of {cfg.batch_size} {unit}, "
-        f"output in {cfg.trainer.output_dir}"
-    )
-    return 0
+    files = ([args.config] if args.config else []) + list(args.files)
+    if not files:
+        raise UserError("pgkit validate: give --config FILE (or several files)")
+    failed = 0
+    for path in files:
+        prefix = f"{path}: " if len(files) > 1 else ""
+        try:
+            cfg = load_config(path, args.overrides)
+        except UserError as exc:
+            if len(files) == 1:
+                raise
+            print(prefix + " ".join(str(exc).splitlines()), file=sys.stderr)
+            failed += 1
+            continue
+        text = hasattr(cfg, "model")
+        target, unit = (cfg.model.path, "completions") if text else (cfg.env.id, "steps")
+        print(
+            f"ok: {prefix}{cfg.algorithm.name} on {target}, {cfg.num_iterations} iterations of {cfg.batch_size} "
+            f"{unit}, output in {cfg.trainer.output_dir}"
+        )
+    return 2 if failed else 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -193,16 +245,37 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("algorithms:   " + ", ".join(ALGORITHMS))
     for space, names in ALLOWED.items():
         print(f"{space.__name__ + ':':<13} " + ", ".join(names) + f" (default {names[0]})")
-    print("environments:")
+    print("environments (those whose code imports here; others need extra packages):")
     for env_id in sorted(gym.registry):
-        print(f"  {env_id}")
+        if _importable(gym.registry[env_id].entry_point):
+            print(f"  {env_id}")
     return 0
+
+
+_IMPORTABLE: dict[str, bool] = {}
+
+
+def _importable(entry_point: object) -> bool:
+    """Whether an env's entry point imports (its module and the packages it needs, e.g. mujoco or box2d)."""
+    if not isinstance(entry_point, str):
+        return callable(entry_point)
+    module = entry_point.split(":")[0]
+    if module not in _IMPORTABLE:
+        import importlib
+
+        try:
+            importlib.import_module(module)
+            _IMPORTABLE[module] = True
+        except Exception:  # DependencyNotInstalled, ImportError, or anything a foreign module raises on import
+            _IMPORTABLE[module] = False
+    return _IMPORTABLE[module]
 
 
 COMMANDS = {
     "fit": cmd_fit,
     "eval": cmd_eval,
     "bench": cmd_bench,
+    "export": cmd_export,
     "validate": cmd_validate,
     "schema": cmd_schema,
     "list": cmd_list,

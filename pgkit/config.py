@@ -261,8 +261,13 @@ class TrainerConfig(BaseModel):
     """Environment steps to train for (rounded down to whole iterations)."""
     seed: int = Field(1, ge=0, le=2**31 - 1)
     """Seeds torch, numpy, Python and the sub-envs (sub-env i of rank r resets with ``seed + r * num_envs + i``)."""
+    name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name of the run: the default output folder is ``runs/<name>-<env id>-s<seed>``, also the MLflow run name.
+    Null uses the algorithm's name. Presets that share an algorithm and an env set their own."""
     output_dir: str | None = None
-    """Directory for checkpoints; defaults to ``runs/<algorithm>-<env id>-s<seed>``."""
+    """Directory for checkpoints; defaults to ``runs/<name>-<env id>-s<seed>``. A new run never writes over an
+    earlier run's checkpoints: a default folder that holds some becomes ``...-v2`` (``-v3``, ...), and an explicit
+    one is refused (exit 2) with the ``--resume`` command that continues it."""
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
     """Lightning accelerator. Small MLP policies are usually fastest on CPU."""
     devices: int = Field(1, ge=1, le=1024)
@@ -311,6 +316,22 @@ class LoggerConfig(BaseModel):
     """MLflow run name; defaults to ``<algorithm>-<env id>-s<seed>``."""
     tags: dict[str, str] = Field(default_factory=dict)
     """Extra MLflow run tags. Every run is also tagged ``pgkit.algorithm``, ``pgkit.env`` and ``pgkit.seed``."""
+    log_model: bool = True
+    """Log the final policy as an MLflow model (``pyfunc`` flavour) at artifact path ``policy``:
+    ``mlflow.pyfunc.load_model("runs:/<run id>/policy").predict(observations)`` gives deterministic actions, with
+    normalisation inside (gymnasium runs; language-model runs log their checkpoint only)."""
+    system_metrics: bool = True
+    """Log MLflow's system metrics (CPU, memory, disk, network; GPU with pynvml) every
+    ``system_metrics_interval`` seconds, from a background thread of rank 0."""
+    system_metrics_interval: float = Field(10.0, ge=1.0)
+    """Seconds between system-metric samples."""
+    register_model: str | None = Field(None, min_length=1)
+    """Also register the logged policy as a new version of this registered model (needs ``log_model``)."""
+
+    def check(self) -> None:
+        """Cross-field checks, called from the experiment's validator (so the message names the field)."""
+        if self.register_model and not self.log_model:
+            raise ValueError(f"logger.register_model: needs logger.log_model: true (got {self.register_model!r})")
 
 
 class CheckpointConfig(BaseModel):
@@ -365,6 +386,7 @@ class ExperimentConfig(BaseModel):
         algo.check_common(self)
         self.policy.check()
         self.trainer.check()
+        self.logger.check()
         if batch % num_minibatches:
             raise ValueError(
                 f"algorithm.num_minibatches: must divide the batch size num_steps * env.num_envs = {batch} "
@@ -387,9 +409,9 @@ class ExperimentConfig(BaseModel):
 
     @property
     def default_run_name(self) -> str:
-        """``<algorithm>-<env id>-s<seed>``, with characters unsafe in paths replaced."""
+        """``<trainer.name or algorithm>-<env id>-s<seed>``, with characters unsafe in paths replaced."""
         env = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.env.id)
-        return f"{self.algorithm.name}-{env}-s{self.trainer.seed}"
+        return f"{self.trainer.name or self.algorithm.name}-{env}-s{self.trainer.seed}"
 
     @property
     def batch_size(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,24 @@ class EvalResult:
         return float(np.std(self.returns))
 
 
+class EvalInterrupted(Exception):
+    """Ctrl-C during :func:`evaluate`; ``result`` holds the episodes that finished before it."""
+
+    def __init__(self, result: EvalResult) -> None:
+        super().__init__(f"interrupted after {len(result.returns)} episodes")
+        self.result = result
+
+
+def headless_gl() -> None:
+    """Pick MuJoCo's EGL backend (GPU or Mesa, no display needed) when there is no display and ``MUJOCO_GL`` is
+    unset, so ``--video`` renders on a headless machine. Must run before MuJoCo is imported. Set ``MUJOCO_GL=osmesa``
+    yourself where EGL is missing."""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or "MUJOCO_GL" in os.environ:
+        return
+    os.environ["MUJOCO_GL"] = "egl"
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+
 def evaluate(
     actor: Actor,
     env_id: str,
@@ -56,7 +75,8 @@ def evaluate(
     """Run exactly ``episodes`` complete episodes.
 
     Each sub-env is given a fixed quota of episodes before stepping starts, so short episodes are not
-    over-represented (stopping at the first ``episodes`` finishers would bias the mean towards them).
+    over-represented (stopping at the first ``episodes`` finishers would bias the mean towards them). Ctrl-C raises
+    :class:`EvalInterrupted` with the episodes finished so far.
     """
     num_envs = min(episodes, max_parallel)
     quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
@@ -77,6 +97,8 @@ def evaluate(
                         returns.append(float(info["episode"]["r"][i]))
                         lengths.append(int(info["episode"]["l"][i]))
                         done_count[i] += 1
+    except KeyboardInterrupt:
+        raise EvalInterrupted(EvalResult(returns, lengths)) from None
     finally:
         envs.close()
     return EvalResult(returns, lengths)
@@ -103,7 +125,9 @@ def record_video(actor: Actor, cfg: Any, folder: str | Path, episodes: int, dete
     try:
         import moviepy  # noqa: F401
     except ImportError:
-        raise UserError("eval error: --video needs moviepy: pip install 'pgkit[video]'") from None
+        # Not `pip install 'pgkit[video]'`: an unrelated `pgkit` exists on PyPI; install from the checkout.
+        raise UserError("eval error: --video needs moviepy: in your pgkit checkout, run "
+                        "pip install -e '.[video]' -c constraints.txt") from None
     import gymnasium as gym
 
     env = make_env(cfg.env.id, cfg.env.kwargs, cfg.env.max_episode_steps, render_mode="rgb_array")

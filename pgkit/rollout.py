@@ -26,6 +26,7 @@ layout.
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,8 @@ class Collector:
         self.episode_start = np.ones(module.num_envs, dtype=bool)
         self.sequence_states: Tensor | None = None
         self.steps_taken = 0
+        self.unsaveable = False
+        """Whether the envs proved unpicklable, so checkpoints go without the env-state sidecar."""
 
     # ------------------------------------------------------------------------------------------------ envs
     def open(self, rank: int) -> None:
@@ -227,9 +230,23 @@ class Collector:
         :mod:`pgkit.resume_state`; sync vector envs only)."""
         if not isinstance(self.envs.unwrapped if self.envs is not None else None, SyncVectorEnv):
             return
+        path = sidecar_path(checkpoint, rank)
+        if self.unsaveable:
+            path.unlink(missing_ok=True)  # never leave an older state beside a newer checkpoint
+            return
         state = {"envs": self.envs, "next_obs": self.next_obs, "env_id": self.module.cfg.env.id,
                  "episode_start": self.episode_start.copy(), "recurrent_state": self.state.cpu()}
-        save_env_state(sidecar_path(checkpoint, rank), state)
+        try:
+            save_env_state(path, state)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            # The sidecar is an extra: an env holding a lambda, a handle or a wrapper's closure cannot be pickled.
+            # Say so once and go on; checkpoints are complete without it, and a resume starts from fresh envs.
+            self.unsaveable = True
+            path.unlink(missing_ok=True)
+            detail = " ".join(str(exc).split())[:160]
+            print(f"pgkit: the state of env {self.module.cfg.env.id} cannot be saved ({exc.__class__.__name__}: "
+                  f"{detail}); checkpoints are written without it, so a resumed run starts from freshly reset envs",
+                  file=sys.stderr)
 
     def restore(self, checkpoint: Path, rank: int) -> None:
         """Replace the freshly reset envs by the ones saved with ``checkpoint`` when their signed state verifies;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import urllib.parse
 import urllib.request
 import warnings
@@ -14,10 +15,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
-from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts, StopOnSignal
-from pgkit.checkpoints import load_checkpoint, load_weights
+from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts, StopOnSignal, SystemMetrics
+from pgkit.checkpoints import check_resume_fits, load_checkpoint, load_weights
 from pgkit.config import ExperimentConfig
 from pgkit.errors import ConfigError, Interrupted
+from pgkit.outputs import resolve_output_dir
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,15 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             )
 
 
+def process_rank(devices_per_node: int) -> int:
+    """This process's global rank, from the launcher's environment, before Lightning sets anything up: torchrun's
+    and MPI's ``RANK``, SLURM's ``SLURM_PROCID``, or Lightning's own launcher (``NODE_RANK`` and ``LOCAL_RANK``)."""
+    for var in ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return int(os.environ.get("NODE_RANK", 0)) * devices_per_node + int(os.environ.get("LOCAL_RANK", 0))
+
+
 def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | None:
     """The MLflow logger, continuing ``run_id`` when resuming."""
     if not cfg.logger.enabled:
@@ -103,14 +114,22 @@ def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | Non
 
 
 def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
-    """Train ``cfg`` to completion (or continue the run saved in ``resume``)."""
+    """Train ``cfg`` to completion (or continue the run saved in ``resume``).
+
+    A new run never writes over an earlier run's checkpoints (:func:`pgkit.outputs.resolve_output_dir`): the
+    returned :class:`FitResult` says which folder it used. Everything that can be checked is checked before an MLflow
+    run is opened: the output folder, the tracking URI, and that ``resume`` fits the config.
+    """
     quiet_lightning()
+    loaded = load_checkpoint(resume) if resume else None
+    if loaded is not None:
+        check_resume_fits(loaded, cfg.model_dump(mode="json"))
+    cfg = resolve_output_dir(cfg, resume)
+    if cfg.logger.enabled:
+        check_tracking_uri(cfg.logger.tracking_uri)  # a bad tracking URI fails in seconds
     if cfg.trainer.torch_threads:
         torch.set_num_threads(cfg.trainer.torch_threads)
     L.seed_everything(cfg.trainer.seed, workers=False, verbose=False)
-    loaded = load_checkpoint(resume) if resume else None
-    run_id = loaded.mlflow_run_id if loaded else None
-    logger = make_logger(cfg, run_id)  # before the module and envs: a bad tracking URI fails in seconds
 
     output_dir = Path(cfg.trainer.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
@@ -118,6 +137,10 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     if loaded is not None:  # fail as bad input before training, not deep inside Lightning's restore
         load_weights(module, loaded)
         module.resume_from = Path(resume)
+    run_id = loaded.mlflow_run_id if loaded else None
+    # Only global rank 0 opens the tracking store: two ranks creating a fresh sqlite schema at once collide, and
+    # every metric is rank 0's to log anyway (Lightning's own loggers are rank-zero-only).
+    logger = make_logger(cfg, run_id) if process_rank(cfg.trainer.devices) == 0 else None
     callbacks: list[L.Callback] = [
         StopOnSignal(),
         EnvStepProgressBar(),
@@ -140,6 +163,9 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         callbacks.append(
             MLflowArtifacts(logger, cfg.model_dump(mode="json"), checkpoint_dir, resumed=run_id is not None)
         )
+        if cfg.logger.system_metrics:
+            callbacks.append(SystemMetrics(logger, cfg.logger.tracking_uri, cfg.logger.system_metrics_interval,
+                                           resumed=run_id is not None))
 
     trainer = L.Trainer(
         max_epochs=module.max_iterations,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
 import numpy as np
 
@@ -157,3 +159,42 @@ class ShiftedActionsEnv(gym.Env):
 
     def render(self):
         return np.full((64, 64, 3), 20 * self.t, np.uint8)
+
+
+class UnpicklableEnv(CounterEnv):
+    """:class:`CounterEnv` holding a lambda and an open file handle, as user envs do: it cannot be pickled."""
+
+    def __init__(self) -> None:
+        super().__init__(terminate_at=7)
+        self.transform = lambda x: x
+        self.log = open(__file__)  # noqa: SIM115 (a handle the env keeps)
+
+
+class MarkerEnv(CounterEnv):
+    """:class:`CounterEnv` (episodes of 5 steps) that creates the file ``marker`` at its first step, so a test knows
+    when stepping has begun."""
+
+    def __init__(self, marker: str = "") -> None:
+        super().__init__(terminate_at=5)
+        self.marker = marker
+
+    def step(self, action):
+        if self.marker:
+            open(self.marker, "a").close()
+        return super().step(action)
+
+
+class RankCrashEnv(CounterEnv):
+    """:class:`CounterEnv` whose step raises after 20 steps in the process of global rank 1 (torchrun's ``RANK``):
+    one rank of a distributed run fails, the others must not hang."""
+
+    def __init__(self) -> None:
+        super().__init__(terminate_at=10)
+        self.crash = os.environ.get("RANK") == "1"
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.crash and self.steps > 20:
+            raise RuntimeError("simulated crash on rank 1")
+        return super().step(action)

@@ -181,3 +181,12 @@ def test_options_renamed_by_the_reference_fixes_say_what_replaced_them(tmp_path,
     code, _, err = run_cli(capsys, "validate", "--config", str(path))
     assert code == 2 and err.startswith(f"config error: algorithm.{key}: unknown key; {hint}"), err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_validate_checks_several_files_and_reports_each(tmp_path, capsys):
+    good = write(tmp_path, BASE, "good.yaml")
+    bad = write(tmp_path, {**BASE, "trainer": {"sed": 3}}, "bad.yaml")
+    code, out, err = run_cli(capsys, "validate", good, bad, good)
+    assert code == 2
+    assert out.count(f"ok: {good}: ppo on CartPole-v1") == 2
+    assert err.strip() == f"{bad}: config error: trainer.sed: unknown key; did you mean 'seed'? (got 3)"

@@ -76,3 +76,55 @@ def test_merge_ranks_equals_one_process_seeing_all_data():
         torch.testing.assert_close(r.mean, reference.mean)
         torch.testing.assert_close(r.var, reference.var)
         torch.testing.assert_close(r.count, reference.count)
+
+
+def _two_nodes(tmp_path: Path, config: str, port: int) -> list[tuple[int, float, str]]:
+    """Start two torchrun "nodes" of one process each on loopback; ``(exit code, seconds, stderr)`` per node."""
+    import os
+    import time
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                          "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                          "-m", "pgkit", "fit", "--config", config],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        results.append((proc.returncode, time.monotonic() - start, err))
+    return results
+
+
+def _node_config(tmp_path: Path, env_id: str) -> str:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "algorithm: {name: ppo, num_steps: 64, num_minibatches: 2, update_epochs: 1}\n"
+        f"env: {{id: '{env_id}', num_envs: 2}}\n"
+        "trainer: {total_timesteps: 512, num_nodes: 2, devices: 1, strategy: ddp, output_dir: out}\n"
+        f"logger: {{tracking_uri: 'sqlite:///{tmp_path / 'fresh.db'}'}}\n"
+        "eval: {every_n_iterations: 2, episodes: 2}\n"
+    )
+    return str(config)
+
+
+def test_two_torchrun_nodes_with_a_fresh_sqlite_store(tmp_path):
+    # Before: both ranks created the new store's schema at once and rank 1 died ("duplicate column name: step").
+    (code0, _, err0), (code1, _, err1) = _two_nodes(tmp_path, _node_config(tmp_path, "CartPole-v1"), 29541)
+    assert code0 == 0 and code1 == 0, (err0[-2000:], err1[-2000:])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'fresh.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("pgkit").experiment_id])  # rank 0's only
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/policy_loss")]
+    assert steps == [256, 512]  # 128 steps on each of 2 nodes per iteration
+
+
+def test_a_failing_rank_brings_the_other_node_down_in_seconds(tmp_path):
+    config = _node_config(tmp_path, "envs_for_tests:RankCrashEnv")  # rank 1's env raises at its 21st step
+    results = _two_nodes(tmp_path, config, 29542)
+    (code0, t0, err0), (code1, t1, err1) = results
+    assert code1 == 1 and "simulated crash on rank 1" in err1
+    assert code0 == 1 and "pgkit: run failed: another rank stopped" in err0, err0[-2000:]
+    assert abs(t0 - t1) < 30  # not the launcher's 30-minute timeout

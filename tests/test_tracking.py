@@ -95,3 +95,35 @@ def test_training_against_a_real_mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_policy_is_an_mlflow_pyfunc_model_and_can_be_registered(tmp_path, monkeypatch):
+    import mlflow
+    import numpy as np
+
+    import pgkit
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    result = pgkit.fit({"algorithm": {"name": "ppo", "num_steps": 64, "num_minibatches": 2},
+                        "env": {"id": "Pendulum-v1", "num_envs": 2},
+                        "trainer": {"total_timesteps": 128, "output_dir": str(tmp_path / "run")},
+                        "logger": {"tracking_uri": uri, "register_model": "pendulum-policy"},
+                        "eval": {"every_n_iterations": 0}})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{result.mlflow_run_id}/policy")
+    obs = np.random.default_rng(0).uniform(-1, 1, (5, 3)).astype(np.float32)
+    actions = model.predict(obs)
+    expected, _ = pgkit.load(result.last_checkpoint).predict(obs, deterministic=True)
+    np.testing.assert_allclose(actions, expected, rtol=1e-6)
+    assert actions.shape == (5, 1) and np.all(np.abs(actions) <= 2.0)  # Pendulum's bounds are inside the model
+    versions = mlflow.MlflowClient(uri).search_model_versions("name='pendulum-policy'")
+    assert [v.run_id for v in versions] == [result.mlflow_run_id]
+
+
+def test_register_model_without_log_model_exits_2(tmp_path, capsys):
+    from pgkit.cli import main
+
+    (tmp_path / "c.yaml").write_text("algorithm: {name: ppo}\nenv: {id: CartPole-v1}\n"
+                                     "logger: {log_model: false, register_model: x}\n")
+    assert main(["validate", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("config error: logger.register_model: needs logger.log_model: true")

@@ -271,6 +271,7 @@ class LanguageExperimentConfig(BaseModel):
         if isinstance(algo, TextGRPOConfig):
             algo.check_beta()
         self.trainer.check()
+        self.logger.check()
         if self.trainer.output_dir is None:
             object.__setattr__(self.trainer, "output_dir", f"runs/{self.default_run_name}")
         return self
@@ -282,9 +283,9 @@ class LanguageExperimentConfig(BaseModel):
 
     @property
     def default_run_name(self) -> str:
-        """``<algorithm>-<model>-s<seed>``, with characters unsafe in paths replaced."""
+        """``<trainer.name or algorithm>-llm-<model>-s<seed>``, with characters unsafe in paths replaced."""
         model = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model.path.rstrip("/").split("/")[-1])
-        return f"{self.algorithm.name}-llm-{model}-s{self.trainer.seed}"
+        return f"{self.trainer.name or self.algorithm.name}-llm-{model}-s{self.trainer.seed}"
 
     @property
     def batch_size(self) -> int:

@@ -1,0 +1,169 @@
+"""The Python API, in Stable-Baselines3's shape.
+
+.. code-block:: python
+
+    import pgkit
+
+    result = pgkit.fit("configs/ppo.yaml", overrides={"trainer.total_timesteps": 100_000})
+    agent = pgkit.load(result.last_checkpoint)
+    action, state = agent.predict(obs, state=None, episode_start=None, deterministic=True)
+
+``fit`` takes a YAML path, a mapping or an :class:`~pgkit.config.ExperimentConfig`, validates it exactly as the CLI
+does (bad input raises :class:`~pgkit.errors.ConfigError` with the CLI's one-line message), trains, and returns a
+:class:`~pgkit.training.FitResult`. It leaves the caller's process as it found it: torch's thread count, the global
+random generators of torch, numpy and Python, warning filters, and logging levels are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from pgkit.errors import UserError
+
+ConfigLike = str | Path | Mapping[str, Any] | Any
+"""A YAML path, a mapping, or a validated config object."""
+
+
+def _override_strings(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        # JSON is YAML, so every value (numbers, strings, lists, mappings) reads back as it was given.
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return list(overrides)
+
+
+def load_config_like(config: ConfigLike, overrides: Mapping[str, Any] | Sequence[str] | None = None) -> Any:
+    """A validated config from a YAML path, a mapping or a config object, with ``overrides`` (``{"a.b": value}`` or
+    ``["a.b=value"]``) applied."""
+    from pgkit.config_loading import load_config
+
+    if isinstance(config, str | Path):
+        return load_config(config, _override_strings(overrides))
+    if isinstance(config, Mapping):
+        return load_config(None, _override_strings(overrides), base=dict(config))
+    if hasattr(config, "model_dump"):
+        return load_config(None, _override_strings(overrides), base=config.model_dump(mode="json",
+                                                                                        exclude_unset=True))
+    raise TypeError(f"pgkit.fit: expected a YAML path, a mapping or a config, got {type(config).__name__}")
+
+
+@contextmanager
+def preserved_process_state() -> Iterator[None]:
+    """Restore what training changes in the process: torch threads, global RNG states, warning filters, logging
+    levels, and ``PL_GLOBAL_SEED`` (set by Lightning's ``seed_everything``)."""
+    threads = torch.get_num_threads()
+    torch_rng, numpy_rng, python_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    loggers = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
+    seed_env = os.environ.get("PL_GLOBAL_SEED")
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(torch_rng)
+        np.random.set_state(numpy_rng)
+        random.setstate(python_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        for name in logging.root.manager.loggerDict:
+            logging.getLogger(name).setLevel(loggers.get(name, logging.NOTSET))
+        if seed_env is None:
+            os.environ.pop("PL_GLOBAL_SEED", None)
+        else:
+            os.environ["PL_GLOBAL_SEED"] = seed_env
+
+
+def fit(
+    config: ConfigLike,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    resume: str | Path | None = None,
+) -> Any:
+    """Train a config (a YAML path, a mapping or a config object) and return its
+    :class:`~pgkit.training.FitResult`: the output folder, the last and best checkpoints, the MLflow run id, and
+    the training episodes' returns. ``resume`` continues the run saved in that checkpoint."""
+    from pgkit.training import fit as train
+
+    cfg = load_config_like(config, overrides)
+    with preserved_process_state():
+        return train(cfg, resume=resume)
+
+
+def _is_single(space: gym.Space, obs: Any) -> bool:
+    """Whether ``obs`` is one observation of ``space`` rather than a batch (SB3's rule: compare shapes)."""
+    while isinstance(space, gym.spaces.Dict | gym.spaces.Tuple):
+        key = next(iter(space.spaces)) if isinstance(space, gym.spaces.Dict) else 0
+        space, obs = space[key], obs[key]
+    if isinstance(space, gym.spaces.Discrete):
+        return np.ndim(obs) == 0
+    return np.shape(obs) == tuple(space.shape)
+
+
+class Agent:
+    """A trained policy loaded from a checkpoint: ``predict`` maps raw observations to environment actions, with
+    the run's observation normalisation and action bounds inside (SB3's ``model.predict`` contract)."""
+
+    def __init__(self, module: Any, config: Any) -> None:
+        self.module = module
+        """The trained LightningModule, in eval mode."""
+        self.config = config
+        """The run's validated config."""
+
+    @property
+    def observation_space(self) -> gym.Space:
+        """The environment's observation space."""
+        return self.module.observation_space
+
+    @property
+    def action_space(self) -> gym.Space:
+        """The environment's action space."""
+        return self.module.action_space
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        """``(action, next_state)`` for one raw observation (an action back) or a batch (a batch of actions back).
+
+        ``state`` is the recurrent state returned by the previous call (None for a new episode, and always None
+        for a feedforward policy); where ``episode_start`` is true the state is reset before acting. The mode of
+        the action distribution is taken when ``deterministic`` (the default, as ``pgkit eval``)."""
+        single = _is_single(self.observation_space, observation)
+        batch = self.module.observation_layout.add_batch_dim(observation) if single else observation
+        if single and episode_start is not None:
+            episode_start = np.asarray([episode_start], dtype=bool)
+        actions, next_state = self.module.act(batch, deterministic, state, episode_start)
+        if not self.module.policy.recurrent:
+            next_state = None
+        return (actions[0] if single else actions), next_state
+
+
+def load(checkpoint: str | Path) -> Agent:
+    """The trained policy in ``checkpoint`` (any pgkit ``.ckpt``), ready to ``predict``. A file that is not a pgkit
+    checkpoint raises :class:`~pgkit.errors.UserError` with one line."""
+    from pgkit.evaluation import restore_agent
+
+    module, cfg, _ = restore_agent(checkpoint)
+    if hasattr(cfg, "model"):
+        raise UserError(f"pgkit.load: {checkpoint} is a language-model run; load it with "
+                        "pgkit.evaluation.restore_agent and generate with its module")
+    return Agent(module, cfg)
+
+
+__all__ = ["Agent", "fit", "load", "load_config_like", "preserved_process_state"]
