@@ -18,12 +18,11 @@ import argparse
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 from isolation import isolated
-from throughput import raw_env_sps
+from throughput import pgkit_sps, raw_env_sps
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/a2c.yaml"
@@ -70,30 +69,6 @@ def sb3_a2c_sps(env_id: str, steps: int, threads: int, seed: int, num_envs: int)
     return model.num_timesteps / elapsed
 
 
-def pgkit_a2c_sps(env_id: str, steps: int, threads: int) -> float:
-    """pgkit ``fit`` on ``configs/a2c.yaml`` with MLflow and evaluation off, timed around the whole call."""
-    from pgkit.config_loading import load_config
-    from pgkit.training import fit
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(
-            ROOT / CONFIG,
-            [
-                f"env.id={env_id}",
-                f"trainer.total_timesteps={steps}",
-                f"trainer.torch_threads={threads}",
-                f"trainer.output_dir={tmp}",
-                "logger.enabled=false",
-                "eval.every_n_iterations=0",
-                "checkpoint.save_best=false",
-            ],
-        )
-        start = time.perf_counter()
-        result = fit(cfg)
-        elapsed = time.perf_counter() - start
-    return result.env_steps / elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="HalfCheetah-v5")
@@ -112,7 +87,7 @@ def main() -> None:
     raw = statistics.median(isolated(raw_env_sps, args.env, num_envs, "sync", 40000) for _ in range(3))
     pgs, sb3s = [], []
     for _ in range(args.repeats):
-        pgs.append(isolated(pgkit_a2c_sps, args.env, args.steps, args.threads))
+        pgs.append(isolated(pgkit_sps, CONFIG, [f"env.id={args.env}"], args.steps, args.threads))
         sb3s.append(isolated(sb3_a2c_sps, args.env, args.steps, args.threads, args.seed, num_envs))
     pg, sb3 = statistics.median(pgs), statistics.median(sb3s)
     rows = [

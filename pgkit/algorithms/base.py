@@ -253,20 +253,7 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
                 optimizer.step()
 
     def on_train_epoch_end(self) -> None:
-        metrics = {**self.rollout_metrics, **self.update_metrics()}
-        iteration = self.current_epoch + 1
-        last = int(self.env_steps) >= self.step_budget
-        if last:  # the budget is in env steps; rollouts that stop early (episode batches) need more iterations
-            self.trainer.should_stop = True
-        every = self.cfg.eval.every_n_iterations
-        if every and (iteration % every == 0 or last):
-            result = self.run_evaluation()
-            metrics["eval/mean_return"], metrics["eval/std_return"] = result.mean_return, result.std_return
-            # Visible to ModelCheckpoint(monitor="eval/mean_return") for best-checkpoint selection.
-            self.log("eval/mean_return", result.mean_return, logger=False, sync_dist=False)
-        self.last_metrics = metrics
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=int(self.env_steps))
+        self.finish_iteration({**self.rollout_metrics, **self.update_metrics()})
 
     def on_train_end(self) -> None:
         if self.distributed:

@@ -71,3 +71,22 @@ class Progress:
                     continue
                 group.setdefault("initial_lr", group["lr"])  # saved with the optimizer state, so kept on resume
                 group["lr"] = group["initial_lr"] * fraction
+
+    def finish_iteration(self, metrics: dict[str, float]) -> tuple[int, bool]:
+        """The end of an iteration, shared by the gymnasium and language modules: stop once the step budget is
+        spent (rollouts that stop early need more iterations), evaluate every ``eval.every_n_iterations`` and at
+        the last iteration, and log ``metrics`` keyed by env steps. Returns ``(iteration, last)``."""
+        iteration = self.current_epoch + 1
+        last = int(self.env_steps) >= self.step_budget
+        if last:
+            self.trainer.should_stop = True
+        every = self.cfg.eval.every_n_iterations
+        if every and (iteration % every == 0 or last):
+            result = self.run_evaluation()
+            metrics["eval/mean_return"], metrics["eval/std_return"] = result.mean_return, result.std_return
+            # Visible to ModelCheckpoint(monitor="eval/mean_return") for best-checkpoint selection.
+            self.log("eval/mean_return", result.mean_return, logger=False, sync_dist=False)
+        self.last_metrics = metrics
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=int(self.env_steps))
+        return iteration, last

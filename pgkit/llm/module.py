@@ -255,18 +255,8 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
         metrics = {**self.rollout_metrics, **self.update_metrics()}
         if algo.name == "grpo":
             metrics["train/beta"] = float(self.beta)
-        iteration = self.current_epoch + 1
-        last = int(self.env_steps) >= self.step_budget
-        if last:
-            self.trainer.should_stop = True
-        every = self.cfg.eval.every_n_iterations
-        if every and (iteration % every == 0 or last):
-            result = self.run_evaluation()
-            metrics["eval/mean_return"], metrics["eval/std_return"] = result.mean_return, result.std_return
-            self.log("eval/mean_return", result.mean_return, logger=False, sync_dist=False)
-        self.last_metrics = metrics
+        iteration, last = self.finish_iteration(metrics)
         if self.logger is not None:
-            self.logger.log_metrics(metrics, step=int(self.env_steps))
             samples = self.cfg.samples_every_n_iterations
             if samples and (iteration % samples == 0 or last) and self.trainer.is_global_zero:
                 self.log_samples(iteration)
