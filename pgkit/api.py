@@ -63,28 +63,51 @@ def load_config_like(config: ConfigLike, overrides: Mapping[str, Any] | Sequence
 @contextmanager
 def preserved_process_state() -> Iterator[None]:
     """Restore what training changes in the process: torch threads, global RNG states, warning filters, logging
-    levels, and ``PL_GLOBAL_SEED`` (set by Lightning's ``seed_everything``)."""
+    levels, ``PL_GLOBAL_SEED`` and ``PL_SEED_WORKERS`` (set by Lightning's ``seed_everything``) and MLflow's
+    tracking URI (set by Lightning's ``MLFlowLogger``)."""
     threads = torch.get_num_threads()
     torch_rng, numpy_rng, python_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     loggers = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
-    seed_env = os.environ.get("PL_GLOBAL_SEED")
+    saved_env = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "MLFLOW_TRACKING_URI")}
+    tracking_uri = _mlflow_tracking_uri()
     try:
         with warnings.catch_warnings():
             yield
     finally:
         torch.set_num_threads(threads)
+        for name in logging.root.manager.loggerDict:
+            logging.getLogger(name).setLevel(loggers.get(name, logging.NOTSET))
+        _set_mlflow_tracking_uri(tracking_uri)
+        for name, value in saved_env.items():  # after: mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        # The generators last: resetting MLflow's tracing above draws random numbers.
         torch.set_rng_state(torch_rng)
         np.random.set_state(numpy_rng)
         random.setstate(python_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-        for name in logging.root.manager.loggerDict:
-            logging.getLogger(name).setLevel(loggers.get(name, logging.NOTSET))
-        if seed_env is None:
-            os.environ.pop("PL_GLOBAL_SEED", None)
-        else:
-            os.environ["PL_GLOBAL_SEED"] = seed_env
+
+
+def _mlflow_tracking_uri() -> str | None:
+    """MLflow's process-wide tracking URI as set by ``mlflow.set_tracking_uri`` (None when unset), which Lightning's
+    ``MLFlowLogger`` sets for the run's store."""
+    from mlflow.tracking._tracking_service import utils
+
+    return utils._tracking_uri
+
+
+def _set_mlflow_tracking_uri(uri: str | None) -> None:
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    if uri is None:
+        utils._tracking_uri = None  # unset, as before training (the public setter cannot unset)
+    else:
+        mlflow.set_tracking_uri(uri)
 
 
 def fit(

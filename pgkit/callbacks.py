@@ -117,7 +117,11 @@ class MLflowArtifacts(L.Callback):
             if logger_cfg.get("log_model", True) and hasattr(pl_module, "observation_space"):
                 from pgkit.mlflow_model import log_policy
 
-                log_policy(client, run_id, last, pl_module, logger_cfg.get("register_model"))
+                try:  # an extra: a finished run must not fail while packaging its policy
+                    log_policy(client, run_id, last, pl_module, logger_cfg.get("register_model"))
+                except Exception as exc:
+                    print(f"pgkit: the policy was not logged as an MLflow model: {exc.__class__.__name__}: "
+                          f"{' '.join(str(exc).split())[:200]}", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "learning_curve.png"
             if plot_learning_curve(client, run_id, png):
@@ -136,8 +140,11 @@ class SystemMetrics(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError as exc:  # psutil missing in a hand-made environment: the run goes on without them
+            print(f"pgkit: system metrics are off ({exc}); pip install psutil", file=sys.stderr)
+            return
         self.monitor = SystemMetricsMonitor(self.logger.run_id, sampling_interval=self.interval,
                                             resume_logging=self.resumed, tracking_uri=self.tracking_uri)
         self.monitor.start()

@@ -78,6 +78,9 @@ def check_resume_fits(loaded: LoadedCheckpoint, config: dict[str, Any]) -> None:
 
     for keys in (("algorithm", "name"), ("env", "id"), ("model", "path")):
         saved, wanted = get(loaded.config, *keys), get(config, *keys)
+        if keys[0] == "model" and isinstance(saved, str) and isinstance(wanted, str):
+            # A local model directory given relative once and absolute once, or through a link, is the same model.
+            saved, wanted = (str(Path(p).resolve()) if Path(p).exists() else p for p in (saved, wanted))
         if saved != wanted:
             raise UserError(
                 f"checkpoint error: {loaded.path}: was trained with {'.'.join(keys)} {saved!r}, but this config has "

@@ -89,12 +89,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from pgkit.checkpoints import load_checkpoint
     from pgkit.config_loading import load_config
     from pgkit.outputs import resolve_output_dir
-    from pgkit.training import fit
+    from pgkit.training import check_tracking_uri, fit, process_rank
 
     if args.config is None and args.resume is None:
         raise UserError("pgkit fit: give --config FILE, or --resume CKPT to continue a run with its own config")
     base = load_checkpoint(args.resume).config if args.config is None else None
-    cfg = resolve_output_dir(load_config(args.config, args.overrides, base=base), args.resume)
+    cfg = load_config(args.config, args.overrides, base=base)
+    if cfg.logger.enabled:
+        check_tracking_uri(cfg.logger.tracking_uri)  # before the output folder is made
+    cfg = resolve_output_dir(cfg, args.resume, process_rank(cfg.trainer.devices, cfg.trainer.num_nodes) == 0)
     try:
         result = fit(cfg, resume=args.resume)
     except UserError:
@@ -166,7 +169,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     env = cfg.env
     try:
-        result = evaluate(agent, env.id, args.episodes, args.deterministic, seed, env.kwargs, env.max_episode_steps)
+        result = evaluate(agent, env.id, args.episodes, args.deterministic, seed, env.kwargs, env.max_episode_steps,
+                          partial_on_interrupt=True)
     except EvalInterrupted as stop:  # Ctrl-C: what finished so far, no traceback
         done = stop.result
         print(f"pgkit: interrupted after {len(done.returns)} of {args.episodes} episodes", file=sys.stderr)

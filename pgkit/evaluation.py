@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,13 +54,20 @@ class EvalInterrupted(Exception):
 
 
 def headless_gl() -> None:
-    """Pick MuJoCo's EGL backend (GPU or Mesa, no display needed) when there is no display and ``MUJOCO_GL`` is
-    unset, so ``--video`` renders on a headless machine. Must run before MuJoCo is imported. Set ``MUJOCO_GL=osmesa``
-    yourself where EGL is missing."""
+    """On Linux without a display and with ``MUJOCO_GL`` unset, pick MuJoCo's EGL backend (GPU or Mesa), or OSMesa
+    when only that library is installed, so ``--video`` renders on a headless machine. Must run before MuJoCo is
+    imported."""
+    if not sys.platform.startswith("linux"):  # macOS and Windows render without a display server
+        return
     if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or "MUJOCO_GL" in os.environ:
         return
-    os.environ["MUJOCO_GL"] = "egl"
-    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    import ctypes.util
+
+    for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
+        if ctypes.util.find_library(library):
+            os.environ["MUJOCO_GL"] = backend
+            os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+            return
 
 
 def evaluate(
@@ -71,12 +79,14 @@ def evaluate(
     env_kwargs: dict | None = None,
     max_episode_steps: int | None = None,
     max_parallel: int = 16,
+    partial_on_interrupt: bool = False,
 ) -> EvalResult:
     """Run exactly ``episodes`` complete episodes.
 
     Each sub-env is given a fixed quota of episodes before stepping starts, so short episodes are not
-    over-represented (stopping at the first ``episodes`` finishers would bias the mean towards them). Ctrl-C raises
-    :class:`EvalInterrupted` with the episodes finished so far.
+    over-represented (stopping at the first ``episodes`` finishers would bias the mean towards them). With
+    ``partial_on_interrupt`` (``pgkit eval``), Ctrl-C raises :class:`EvalInterrupted` with the episodes finished so
+    far; otherwise (training's evaluations) the ``KeyboardInterrupt`` goes through unchanged.
     """
     num_envs = min(episodes, max_parallel)
     quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
@@ -98,6 +108,8 @@ def evaluate(
                         lengths.append(int(info["episode"]["l"][i]))
                         done_count[i] += 1
     except KeyboardInterrupt:
+        if not partial_on_interrupt:
+            raise
         raise EvalInterrupted(EvalResult(returns, lengths)) from None
     finally:
         envs.close()

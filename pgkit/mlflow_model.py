@@ -51,7 +51,16 @@ def _batch(model_input: Any, shape: tuple[int, ...] | None) -> Any:
 
 def log_policy(client: Any, run_id: str, checkpoint: Path, module: Any, register_as: str | None = None) -> None:
     """Save the policy of ``checkpoint`` as a pyfunc model and log it to ``run_id`` at ``policy``; with
-    ``register_as``, also register it as a new version of that registered model."""
+    ``register_as``, also register it as a new version of that registered model.
+
+    Raises ``ValueError`` for what pyfunc cannot serve faithfully: a recurrent policy (a served call has no state
+    to carry) and nested Dict or Tuple observations (pyfunc inputs are flat)."""
+    if module.policy.recurrent:
+        raise ValueError("a recurrent policy needs its state between calls; use pgkit.load(...).predict or "
+                         "pgkit export, which carry it")
+    nested = [leaf.path for leaf in module.observation_layout.leaves if len(leaf.path) > 1]
+    if nested:
+        raise ValueError(f"nested observation entries {nested[:3]} are not a flat pyfunc input")
     single = module.observation_layout.add_batch_dim(module.observation_space.sample())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ARTIFACT_PATH

@@ -4,14 +4,14 @@
   checkpoints takes the next free versioned folder, ``...-v2``, ``...-v3``, as Lightning's ``version_N`` does.
 - A run given ``trainer.output_dir`` explicitly refuses such a folder (exit 2) and says how to continue it
   (``--resume``) or where else to write: a path the user chose is never silently changed.
-- A resumed run writes into the folder its checkpoint came from, unless ``trainer.output_dir`` says otherwise.
+- A resumed run writes into the folder its checkpoint came from, unless ``trainer.output_dir`` says otherwise; a
+  checkpoint from elsewhere is resumed into a folder by the same rules as a new run.
 - The folder must be writable; that is checked by writing into it, so a read-only or impossible folder fails in
   seconds, not at the first checkpoint.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,16 +26,13 @@ def holds_checkpoints(output_dir: Path) -> bool:
 
 
 def check_writable(output_dir: Path) -> None:
-    """Write a file into ``output_dir/checkpoints``, or raise :class:`ConfigError` with one line. Folders the
-    check had to create are removed again, so a run that fails a later check leaves nothing behind."""
+    """Create ``output_dir/checkpoints`` and write a file there, or raise :class:`ConfigError` with one line. (The
+    folders stay: other processes of the run, or other runs sharing a parent, may be creating them too.)"""
     folder = output_dir / "checkpoints"
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
-        for path in created:  # deepest first
-            path.rmdir()
     except OSError as exc:
         raise ConfigError(
             f"config error: trainer.output_dir: cannot write checkpoints into {str(output_dir)!r}: "
@@ -46,18 +43,21 @@ def check_writable(output_dir: Path) -> None:
 def resolve_output_dir(cfg: Any, resume: str | Path | None = None, rank_zero: bool = True) -> Any:
     """``cfg`` with the output folder this run may write to (a copy when a versioned folder is taken).
 
-    Raises :class:`ConfigError` for an explicit folder that holds an earlier run's checkpoints, or one that cannot
-    be written. Only rank 0 (``rank_zero``) writes the probe file; every rank takes the same decision because all of
-    them look before any of them has written a checkpoint.
+    Raises :class:`ConfigError` for an explicit folder that holds an earlier run's checkpoints (unless the run
+    resumes from one of them), or one that cannot be written. Only global rank 0 (``rank_zero``) writes the probe
+    file; every rank takes the same decision because all of them look before any of them has written a checkpoint.
     """
     trainer = cfg.trainer
     output_dir = Path(trainer.output_dir)
     explicit = "output_dir" in trainer.model_fields_set
-    if resume is not None and not explicit and Path(resume).parent.name == "checkpoints":
+    own_folder = resume is not None and Path(resume).parent.name == "checkpoints"
+    if own_folder and not explicit:
         # A resumed run continues in the folder its checkpoint came from (which may be a versioned one).
         output_dir = Path(resume).parent.parent
         cfg = cfg.model_copy(update={"trainer": trainer.model_copy(update={"output_dir": str(output_dir)})})
-    elif resume is None and holds_checkpoints(output_dir):
+    elif holds_checkpoints(output_dir) and not (own_folder and Path(resume).resolve().parent.parent
+                                                == output_dir.resolve()):
+        # A new run, or a resume from a checkpoint that is not in this folder: never write over another run.
         if explicit:
             raise ConfigError(
                 f"config error: trainer.output_dir: {str(output_dir)!r} holds the checkpoints of an earlier run; "
@@ -70,7 +70,7 @@ def resolve_output_dir(cfg: Any, resume: str | Path | None = None, rank_zero: bo
         output_dir = Path(f"{output_dir}-v{version}")
         trainer = trainer.model_copy(update={"output_dir": str(output_dir)})
         cfg = cfg.model_copy(update={"trainer": trainer})
-    if rank_zero and os.environ.get("LOCAL_RANK", "0") == "0":
+    if rank_zero:
         check_writable(output_dir)
     return cfg
 

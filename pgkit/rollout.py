@@ -26,7 +26,6 @@ layout.
 
 from __future__ import annotations
 
-import pickle
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -238,7 +237,7 @@ class Collector:
                  "episode_start": self.episode_start.copy(), "recurrent_state": self.state.cpu()}
         try:
             save_env_state(path, state)
-        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        except Exception as exc:  # PicklingError, AttributeError, TypeError, ctypes' ValueError, ...
             # The sidecar is an extra: an env holding a lambda, a handle or a wrapper's closure cannot be pickled.
             # Say so once and go on; checkpoints are complete without it, and a resume starts from fresh envs.
             self.unsaveable = True

@@ -84,13 +84,20 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             )
 
 
-def process_rank(devices_per_node: int) -> int:
+def process_rank(devices_per_node: int, num_nodes: int = 1) -> int:
     """This process's global rank, from the launcher's environment, before Lightning sets anything up: torchrun's
-    and MPI's ``RANK``, SLURM's ``SLURM_PROCID``, or Lightning's own launcher (``NODE_RANK`` and ``LOCAL_RANK``)."""
-    for var in ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+    ``RANK``, or Lightning's own launcher (``NODE_RANK`` and ``LOCAL_RANK``), then SLURM's and MPI's. 0 for a
+    run of one process, whatever the environment says (``srun -n 4`` starting four independent runs)."""
+    if devices_per_node * num_nodes <= 1:
+        return 0
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ.get("NODE_RANK", 0)) * devices_per_node + int(os.environ["LOCAL_RANK"])
+    for var in ("SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         if var in os.environ:
             return int(os.environ[var])
-    return int(os.environ.get("NODE_RANK", 0)) * devices_per_node + int(os.environ.get("LOCAL_RANK", 0))
+    return 0
 
 
 def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | None:
@@ -124,9 +131,9 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     loaded = load_checkpoint(resume) if resume else None
     if loaded is not None:
         check_resume_fits(loaded, cfg.model_dump(mode="json"))
-    cfg = resolve_output_dir(cfg, resume)
     if cfg.logger.enabled:
-        check_tracking_uri(cfg.logger.tracking_uri)  # a bad tracking URI fails in seconds
+        check_tracking_uri(cfg.logger.tracking_uri)  # a bad tracking URI fails in seconds, before anything is made
+    cfg = resolve_output_dir(cfg, resume, process_rank(cfg.trainer.devices, cfg.trainer.num_nodes) == 0)
     if cfg.trainer.torch_threads:
         torch.set_num_threads(cfg.trainer.torch_threads)
     L.seed_everything(cfg.trainer.seed, workers=False, verbose=False)
@@ -140,7 +147,8 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     run_id = loaded.mlflow_run_id if loaded else None
     # Only global rank 0 opens the tracking store: two ranks creating a fresh sqlite schema at once collide, and
     # every metric is rank 0's to log anyway (Lightning's own loggers are rank-zero-only).
-    logger = make_logger(cfg, run_id) if process_rank(cfg.trainer.devices) == 0 else None
+    rank_zero = process_rank(cfg.trainer.devices, cfg.trainer.num_nodes) == 0
+    logger = make_logger(cfg, run_id) if rank_zero else None
     callbacks: list[L.Callback] = [
         StopOnSignal(),
         EnvStepProgressBar(),

@@ -59,6 +59,9 @@ def test_fit_raises_the_cli_s_config_error():
 
 
 def test_fit_leaves_no_global_side_effects():
+    import mlflow
+
+    mlflow.set_tracking_uri("sqlite:///callers.db")  # the caller's own MLflow setting (set before the seeds)
     torch.set_num_threads(2)
     torch.manual_seed(123)
     np.random.seed(123)
@@ -69,9 +72,12 @@ def test_fit_leaves_no_global_side_effects():
     random.seed(123)
     seed_env = os.environ.get("PL_GLOBAL_SEED")
     pgkit.fit({"algorithm": {"name": "ppo", "num_steps": 32, "num_minibatches": 2}, "env": {"id": "CartPole-v1"},
-               "trainer": {"total_timesteps": 64, "torch_threads": 1, "seed": 9, "output_dir": "r"}}, overrides=QUIET)
+               "trainer": {"total_timesteps": 64, "torch_threads": 1, "seed": 9, "output_dir": "r"},
+               "logger": {"tracking_uri": f"sqlite:///{Path.cwd() / 'run.db'}", "log_model": False}},
+              overrides={"eval.every_n_iterations": 0})
     assert torch.get_num_threads() == 2
     assert os.environ.get("PL_GLOBAL_SEED") == seed_env
+    assert mlflow.get_tracking_uri() == "sqlite:///callers.db"  # the caller's, not the run's
     torch.testing.assert_close(torch.rand(3), expected[0])
     np.testing.assert_array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]

@@ -189,3 +189,52 @@ def test_mujoco_video_on_a_headless_machine_picks_egl(capsys):
     assert proc.returncode == 0, proc.stderr[-2000:]
     videos = list(Path("videos").glob("*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
+
+
+def test_a_checkpoint_from_elsewhere_resumes_into_a_fresh_folder(capsys):
+    import shutil
+
+    config = write("c.yaml", CONFIG)
+    assert run(capsys, "fit", "--config", config)[0] == 0
+    shutil.copy("runs/ppo-CartPole-v1-s1/checkpoints/last.ckpt", "copy.ckpt")
+    first = Path("runs/ppo-CartPole-v1-s1/checkpoints/last.ckpt").read_bytes()
+    more = write("more.yaml", {**CONFIG, "trainer": {"total_timesteps": 128}})
+    code, out, err = run(capsys, "fit", "--config", more, "--resume", "copy.ckpt")
+    assert code == 0, err
+    assert "runs/ppo-CartPole-v1-s1-v2/checkpoints/last.ckpt" in out
+    assert Path("runs/ppo-CartPole-v1-s1/checkpoints/last.ckpt").read_bytes() == first
+
+
+@pytest.mark.parametrize(
+    ("env", "devices", "rank"),
+    [
+        ({"SLURM_PROCID": "3"}, 1, 0),  # srun -n 4 of independent single-process runs: each its own rank 0
+        ({"OMPI_COMM_WORLD_RANK": "2"}, 1, 0),
+        ({"RANK": "1"}, 2, 1),  # torchrun
+        ({"LOCAL_RANK": "1", "NODE_RANK": "1"}, 2, 3),  # Lightning's own launcher, second node
+        ({"SLURM_PROCID": "2"}, 4, 2),
+        ({}, 2, 0),
+    ],
+)
+def test_process_rank_reads_the_launcher(monkeypatch, env, devices, rank):
+    from pgkit.training import process_rank
+
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert process_rank(devices) == rank
+
+
+def test_ctrl_c_in_a_training_evaluation_stays_a_keyboard_interrupt():
+    # Training's second Ctrl-C must reach the CLI as an interruption; only `pgkit eval` asks for partial results.
+    from pgkit.evaluation import EvalInterrupted, evaluate
+
+    class Interrupting:
+        def act(self, obs, deterministic, state=None, episode_start=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Interrupting(), "CartPole-v1", 2, True, 0)
+    with pytest.raises(EvalInterrupted):
+        evaluate(Interrupting(), "CartPole-v1", 2, True, 0, partial_on_interrupt=True)

@@ -97,7 +97,7 @@ def test_training_against_a_real_mlflow_server(tmp_path):
         server.wait(timeout=30)
 
 
-def test_the_policy_is_an_mlflow_pyfunc_model_and_can_be_registered(tmp_path, monkeypatch):
+def test_the_policy_is_an_mlflow_pyfunc_model_and_can_be_registered(tmp_path):
     import mlflow
     import numpy as np
 
@@ -109,8 +109,10 @@ def test_the_policy_is_an_mlflow_pyfunc_model_and_can_be_registered(tmp_path, mo
                         "trainer": {"total_timesteps": 128, "output_dir": str(tmp_path / "run")},
                         "logger": {"tracking_uri": uri, "register_model": "pendulum-policy"},
                         "eval": {"every_n_iterations": 0}})
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{result.mlflow_run_id}/policy")
+    # Through the run's store explicitly: an earlier in-process CLI run may have set MLflow's global tracking URI.
+    local = mlflow.artifacts.download_artifacts(run_id=result.mlflow_run_id, artifact_path="policy",
+                                                tracking_uri=uri, dst_path=str(tmp_path / "dl"))
+    model = mlflow.pyfunc.load_model(local)
     obs = np.random.default_rng(0).uniform(-1, 1, (5, 3)).astype(np.float32)
     actions = model.predict(obs)
     expected, _ = pgkit.load(result.last_checkpoint).predict(obs, deterministic=True)
@@ -127,3 +129,23 @@ def test_register_model_without_log_model_exits_2(tmp_path, capsys):
                                      "logger: {log_model: false, register_model: x}\n")
     assert main(["validate", "--config", str(tmp_path / "c.yaml")]) == 2
     assert capsys.readouterr().err.startswith("config error: logger.register_model: needs logger.log_model: true")
+
+
+def test_a_policy_pyfunc_cannot_serve_is_skipped_and_the_run_still_succeeds(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from pgkit.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    (tmp_path / "c.yaml").write_text(
+        "algorithm: {name: ppo, num_steps: 32, num_minibatches: 2}\nenv: {id: CartPole-v1, num_envs: 2}\n"
+        "policy: {recurrent: {kind: gru, hidden_size: 8}}\n"
+        f"trainer: {{total_timesteps: 64, output_dir: '{tmp_path / 'run'}'}}\nlogger: {{tracking_uri: '{uri}'}}\n"
+        "eval: {every_n_iterations: 0}\n")
+    assert main(["fit", "--config", str(tmp_path / "c.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "the policy was not logged as an MLflow model: ValueError: a recurrent policy needs its state" in err
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("pgkit").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert "policy" not in [a.path for a in client.list_artifacts(run.info.run_id)]
