@@ -149,3 +149,21 @@ def test_a_policy_pyfunc_cannot_serve_is_skipped_and_the_run_still_succeeds(tmp_
     (run,) = client.search_runs([client.get_experiment_by_name("pgkit").experiment_id])
     assert run.info.status == "FINISHED"
     assert "policy" not in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_system_metrics_are_logged_when_asked(tmp_path):
+    from mlflow import MlflowClient
+
+    import pgkit
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    result = pgkit.fit({"algorithm": {"name": "ppo", "num_steps": 256, "num_minibatches": 2},
+                        "env": {"id": "CartPole-v1", "num_envs": 2},
+                        "trainer": {"total_timesteps": 8192, "output_dir": str(tmp_path / "run")},
+                        "logger": {"tracking_uri": uri, "system_metrics": True, "system_metrics_interval": 1,
+                                   "log_model": False},
+                        "eval": {"every_n_iterations": 0}})
+    client = MlflowClient(uri)
+    history = client.get_metric_history(result.mlflow_run_id, "system/cpu_utilization_percentage")
+    assert history and all(0 <= m.value <= 100 * 64 for m in history)
+    assert "system/system_memory_usage_megabytes" in client.get_run(result.mlflow_run_id).data.metrics
