@@ -74,6 +74,7 @@ def test_structured_observations_are_refused_with_exit_2(capsys):
     ckpt = trained("pgkit/Squared-v0", {"observation": "dict"},
                    policy={"encoder": {"cnn_channels": [4], "cnn_kernels": [3], "cnn_strides": [1],
                                        "cnn_features": 16}})
+    capsys.readouterr()  # the training's progress bar
     code = main(["export", "--checkpoint", ckpt, "--format", "onnx", "--output", "p.onnx"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("export error: run/checkpoints/last.ckpt: only flat Box observations"), err
