@@ -13,12 +13,7 @@ from typing import Annotated, Any, Literal
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from pgkit.algorithms.a2c import A2C, A2CConfig
-from pgkit.algorithms.grpo import GRPO, GRPOConfig
-from pgkit.algorithms.ppo import PPO, PPOConfig
-from pgkit.algorithms.reinforce import Reinforce, ReinforceConfig
-from pgkit.algorithms.trpo import TRPO, TRPOConfig
-from pgkit.algorithms.vmpo import VMPO, VMPOConfig
+from pgkit.algorithms.configs import A2CConfig, GRPOConfig, PPOConfig, ReinforceConfig, TRPOConfig, VMPOConfig
 from pgkit.distributions import DistributionName, LogStdMode, allowed_distributions, make_head
 from pgkit.environments import check_env_id
 from pgkit.environments.actions import ActionBounds
@@ -30,14 +25,16 @@ from pgkit.networks.recurrent import RecurrentCore, RecurrentKind
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-#: Algorithm name -> (config class, LightningModule class). Adding an algorithm means adding a line here.
-ALGORITHMS: dict[str, tuple[type[BaseModel], type]] = {
-    "ppo": (PPOConfig, PPO),
-    "a2c": (A2CConfig, A2C),
-    "trpo": (TRPOConfig, TRPO),
-    "reinforce": (ReinforceConfig, Reinforce),
-    "vmpo": (VMPOConfig, VMPO),
-    "grpo": (GRPOConfig, GRPO),
+#: Algorithm name -> (config class, "module:LightningModule class"). Adding an algorithm means adding a line here.
+#: The module classes are imported when a run is built, so validating a config imports neither Lightning nor
+#: tensordict.
+ALGORITHMS: dict[str, tuple[type[BaseModel], str]] = {
+    "ppo": (PPOConfig, "pgkit.algorithms.ppo:PPO"),
+    "a2c": (A2CConfig, "pgkit.algorithms.a2c:A2C"),
+    "trpo": (TRPOConfig, "pgkit.algorithms.trpo:TRPO"),
+    "reinforce": (ReinforceConfig, "pgkit.algorithms.reinforce:Reinforce"),
+    "vmpo": (VMPOConfig, "pgkit.algorithms.vmpo:VMPO"),
+    "grpo": (GRPOConfig, "pgkit.algorithms.grpo:GRPO"),
 }
 
 AlgorithmConfig = Annotated[
@@ -427,5 +424,8 @@ class ExperimentConfig(BaseModel):
 
     def init(self):
         """Build the algorithm's LightningModule for this config."""
-        _, module_cls = ALGORITHMS[self.algorithm.name]
+        import importlib
+
+        module_name, class_name = ALGORITHMS[self.algorithm.name][1].split(":")
+        module_cls = getattr(importlib.import_module(module_name), class_name)
         return module_cls(self.model_dump(mode="json"))

@@ -190,3 +190,20 @@ def test_validate_checks_several_files_and_reports_each(tmp_path, capsys):
     assert code == 2
     assert out.count(f"ok: {good}: ppo on CartPole-v1") == 2
     assert err.strip() == f"{bad}: config error: trainer.sed: unknown key; did you mean 'seed'? (got 3)"
+
+
+def test_validating_a_config_imports_neither_lightning_nor_tensordict():
+    # `pgkit validate`, `schema` and `list` answer in about 2 s because the configs stand apart from the modules.
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    code = (
+        "import sys\n"
+        "from pgkit.config_loading import load_config\n"
+        "from pgkit.cli import main\n"
+        f"cfg = load_config({str(configs / 'ppo-lstm.yaml')!r})\n"
+        "assert main(['schema']) == 0 and main(['list']) == 0\n"
+        "print(sorted(m for m in ('lightning', 'tensordict', 'pgkit.algorithms.base') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

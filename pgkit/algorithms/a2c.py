@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase
+from pgkit.algorithms.configs import A2CConfig
 from pgkit.ops import normalize
 
 
@@ -24,31 +21,6 @@ def a2c_loss(
         "loss_value": (value - value_target).pow(2).mean(),
         "loss_entropy": -entropy.mean(),
     }
-
-
-class A2CConfig(AlgorithmConfigBase):
-    """A2C hyperparameters; the defaults are SB3's: one RMSprop step per 5-step rollout, n-step returns."""
-
-    name: Literal["a2c"] = "a2c"
-    """Algorithm selector."""
-    learning_rate: float = Field(7e-4, gt=0, le=10)
-    """RMSprop learning rate."""
-    anneal_lr: bool = False
-    """Anneal the learning rate linearly to 0 (SB3's default is a constant rate)."""
-    num_steps: int = Field(5, ge=1, le=1_000_000)
-    """Environment steps per sub-env per update."""
-    gae_lambda: float = Field(1.0, ge=0, le=1)
-    """1.0 gives n-step returns (through the same GAE op); lower values give GAE."""
-    ent_coef: float = Field(0.0, ge=0)
-    """Weight of the entropy bonus."""
-    vf_coef: float = Field(0.5, ge=0)
-    """Weight of the value loss."""
-    normalize_advantage: bool = False
-    """Normalise advantages over the batch."""
-    rms_prop_alpha: float = Field(0.99, gt=0, lt=1)
-    """RMSprop smoothing constant."""
-    rms_prop_eps: float = Field(1e-5, gt=0)
-    """RMSprop epsilon."""
 
 
 class A2C(OnPolicyModule):

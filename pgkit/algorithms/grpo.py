@@ -10,21 +10,19 @@ a reference policy. Option names and meanings follow TRL's ``GRPOTrainer``.
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tensordict import TensorDict
 from torch import Tensor
 
 from pgkit.algorithms.base import OnPolicyModule
 from pgkit.algorithms.batching import chunk_rows
-from pgkit.algorithms.common import AlgorithmConfigBase, adam
+from pgkit.algorithms.common import adam
+from pgkit.algorithms.configs import GroupPolicyOptions, GRPOConfig, LossType
 from pgkit.errors import ConfigError
 from pgkit.ops import clipped_surrogate, group_advantages, kl_k3, pareto_scores, relative_scores, sequence_ratio
-
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 
 
 # ------------------------------------------------------------------------------------------------------------ loss
@@ -126,105 +124,6 @@ class ReferenceSync:
 
 
 # ---------------------------------------------------------------------------------------------------------- config
-class GroupPolicyOptions(BaseModel):
-    """GRPO's options shared by gymnasium episodes and text completions (TRL ``GRPOConfig`` names where TRL has
-    the option)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    num_iterations: int = Field(1, ge=1, le=1000)
-    """Passes over each batch of episodes (TRL's ``num_iterations``, the paper's mu)."""
-    baseline: Literal["mean", "median", "min"] = "mean"
-    """What each score is measured against within its group."""
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    """Divide advantages by the group's std, the batch's, or not at all (Dr. GRPO), plus 1e-4 (as TRL)."""
-    epsilon: float = Field(0.2, gt=0, lt=1)
-    """Lower clip of the ratio, ``1 - epsilon`` (and the upper one unless ``epsilon_high``)."""
-    epsilon_high: float | None = Field(None, gt=0)
-    """Upper clip ``1 + epsilon_high`` (DAPO's clip-higher); null means ``epsilon``."""
-    beta: float = Field(0.0, ge=0)
-    """Weight of the k3 KL penalty to the reference policy (the initial weight when ``adaptive_beta``)."""
-    adaptive_beta: bool = False
-    """Adapt ``beta`` after each iteration: x1.5 when KL > 1.5 ``kl_target``, /1.5 when KL < 0.5 ``kl_target``."""
-    kl_target: float = Field(0.01, gt=0)
-    """Target KL for ``adaptive_beta``."""
-    beta_min: float = Field(0.001, ge=0)
-    """Lower bound of an adaptive ``beta``."""
-    beta_max: float = Field(0.1, gt=0)
-    """Upper bound of an adaptive ``beta``."""
-    loss_type: LossType = "grpo"
-    """How per-step losses are averaged: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see TRL)."""
-    importance_sampling_level: Literal["token", "sequence"] = "token"
-    """``token``: a ratio per step; ``sequence``: one length-normalised ratio per episode (GSPO)."""
-    sync_ref_model: bool = False
-    """TRL's ``sync_ref_model`` (TR-DPO): every ``ref_model_sync_steps`` optimizer steps, move the reference of the
-    KL term towards the policy, ``ref <- alpha * policy + (1 - alpha) * ref``. False (TRL's default): the reference
-    stays the initial policy. ``ref_model_mixup_alpha: 1`` makes each sync a hard copy (a periodic reference); a
-    small alpha with a small period makes it an exponential moving average."""
-    ref_model_mixup_alpha: float = Field(0.6, gt=0, le=1)
-    """TRL's ``ref_model_mixup_alpha``: the policy's weight in each sync (TRL's default 0.6)."""
-    ref_model_sync_steps: int = Field(512, ge=1)
-    """TRL's ``ref_model_sync_steps``: optimizer steps between syncs (TRL's default 512). Counts the steps taken,
-    so a skipped non-finite minibatch does not count."""
-    ent_coef: float = Field(0.0, ge=0)
-    """Weight of the entropy bonus (not in TRL; the ruvllm presets use one)."""
-
-
-    def check_beta(self) -> None:
-        """Raise ``ValueError`` for an adaptive beta that starts outside its bounds."""
-        if self.adaptive_beta and not self.beta_min <= self.beta <= self.beta_max:
-            raise ValueError(
-                f"algorithm.beta: an adaptive beta must start within [beta_min, beta_max] = "
-                f"[{self.beta_min}, {self.beta_max}] (got {self.beta})"
-            )
-
-
-class GRPOConfig(AlgorithmConfigBase, GroupPolicyOptions):
-    """GRPO / GSPO hyperparameters (TRL ``GRPOConfig`` names where TRL has the option)."""
-
-    name: Literal["grpo"] = "grpo"
-    """Algorithm selector."""
-    supports_vtrace: ClassVar[bool] = False
-    learning_rate: float = Field(1e-3, gt=0, le=10)
-    """Adam learning rate of the policy."""
-    anneal_lr: bool = False
-    num_steps: int = Field(500, ge=1, le=1_000_000)
-    """Longest episode: one not ended after this many steps is cut there and scored as it stands."""
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    group_size: int = Field(8, ge=2, le=4096)
-    """Episodes per group (TRL's ``num_generations``); ``env.num_envs`` must be a multiple of it."""
-    num_minibatches: int = Field(1, ge=1)
-    """Minibatches of whole episodes per pass; must divide ``env.num_envs``."""
-    reward: Literal["absolute", "relative", "pareto"] = "absolute"
-    """Episode score: ``absolute`` its return; ``relative`` its normalised rank in the group (0 worst, 1 best);
-    ``pareto`` its Pareto rank in the group over ``objectives``."""
-    objectives: list[str] = Field(default_factory=list)
-    """For ``reward: pareto``: keys of the env's step ``info``, each summed over the episode and maximised."""
-    def check_experiment(self, experiment) -> None:
-        env = experiment.env
-        if env.num_envs % self.group_size:
-            raise ValueError(
-                f"env.num_envs: must be a multiple of algorithm.group_size = {self.group_size}, so every sub-env "
-                f"belongs to one group (got {env.num_envs})"
-            )
-        if env.num_envs % self.num_minibatches:
-            raise ValueError(
-                f"algorithm.num_minibatches: must divide env.num_envs = {env.num_envs}, the episodes per batch "
-                f"(got {self.num_minibatches})"
-            )
-        if env.normalize_reward:
-            raise ValueError(
-                "env.normalize_reward: GRPO scores whole episodes, and scaled rewards would change their returns; "
-                "set it to false (use algorithm.scale_rewards to scale advantages) (got True)"
-            )
-        if self.reward == "pareto" and not self.objectives:
-            raise ValueError("algorithm.objectives: reward 'pareto' needs at least one info key (got [])")
-        if self.bptt_horizon is not None:
-            raise ValueError("algorithm.bptt_horizon: GRPO replays each episode whole from its reset; remove it "
-                             f"(got {self.bptt_horizon})")
-        self.check_beta()
-
-
 # ---------------------------------------------------------------------------------------------------------- module
 class GRPO(OnPolicyModule):
     """GRPO/GSPO: groups of episodes from shared start states, group-relative advantages, no critic."""

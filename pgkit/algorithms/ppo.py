@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase, adam
+from pgkit.algorithms.common import adam
+from pgkit.algorithms.configs import PPOConfig
 from pgkit.networks.recurrent import Sequences
 from pgkit.ops import clipped_surrogate, kl_k3, normalize
 
@@ -63,51 +63,6 @@ def ppo_loss(
         "approx_kl": approx_kl,
         "clip_fraction": clip_fraction,
     }
-
-
-class PPOConfig(AlgorithmConfigBase):
-    """PPO hyperparameters. The defaults are CleanRL's ``ppo_continuous_action.py`` (MuJoCo) with one exception:
-    the value loss is not clipped (CleanRL's default is ``clip_vloss=True``; SB3's is no clipping, and Andrychowicz
-    et al. 2021, "What matters in on-policy RL", found value clipping to hurt). Turn it on with either reference's
-    name and meaning: ``clip_vloss: true`` (CleanRL) or ``clip_range_vf`` (SB3)."""
-
-    name: Literal["ppo"] = "ppo"
-    """Algorithm selector."""
-    update_epochs: int = Field(10, ge=1, le=1000)
-    """Passes over each rollout."""
-    num_minibatches: int = Field(32, ge=1)
-    """Minibatches per pass; must divide ``num_steps * env.num_envs``."""
-    clip_range: float = Field(0.2, gt=0, le=10)
-    """Ratio clipping epsilon of the surrogate objective."""
-    clip_range_vf: float | None = Field(None, gt=0)
-    """SB3's value clipping: the value loss is taken on the prediction clipped to within this distance of the
-    rollout's value, ``(V_old + clip(V - V_old, -c, c) - target)^2``, alone. Null disables it."""
-    clip_vloss: bool = False
-    """CleanRL's value clipping: the value loss is ``max((V - target)^2, (Vc - target)^2)`` with the prediction
-    clipped by ``clip_range`` (CleanRL's ``clip_coef``). Off by default here; on in CleanRL."""
-    ent_coef: float = Field(0.0, ge=0)
-    """Weight of the entropy bonus."""
-    vf_coef: float = Field(0.5, ge=0)
-    """Weight of the value loss."""
-    normalize_advantage: bool = True
-    """Normalise advantages to zero mean and unit std within each minibatch."""
-    target_kl: float | None = Field(None, gt=0)
-    """Stop the iteration's updates early once a minibatch's approx-KL exceeds 1.5 x this (as SB3); null disables."""
-    adam_eps: float = Field(1e-5, gt=0)
-    """Adam epsilon."""
-
-    def check_experiment(self, experiment) -> None:
-        if self.clip_vloss and self.clip_range_vf is not None:
-            raise ValueError(
-                "algorithm.clip_range_vf: choose one value clipping, CleanRL's clip_vloss (max of the clipped and "
-                f"unclipped errors, radius clip_range) or SB3's clip_range_vf (got both, {self.clip_range_vf})"
-            )
-
-    def value_clipping(self) -> tuple[float | None, Literal["max", "clipped"]]:
-        """``(radius, mode)`` for :func:`ppo_loss`."""
-        if self.clip_vloss:
-            return self.clip_range, "max"
-        return self.clip_range_vf, "clipped"
 
 
 class PPO(OnPolicyModule):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import numpy as np
 import torch
-from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase, adam
+from pgkit.algorithms.common import adam
+from pgkit.algorithms.configs import ReinforceConfig
 from pgkit.ops import gae, normalize
 
 
@@ -48,59 +46,6 @@ def reinforce_loss(log_prob: Tensor, weight: Tensor, mask: Tensor, entropy: Tens
     """``loss_policy = -sum(mask * weight * log pi) / sum(mask)``; ``loss_entropy = -masked mean(entropy)``."""
     n = mask.sum().clamp_min(1.0)
     return {"loss_policy": -(mask * weight * log_prob).sum() / n, "loss_entropy": -(mask * entropy).sum() / n}
-
-
-class ReinforceConfig(AlgorithmConfigBase):
-    """REINFORCE hyperparameters."""
-
-    name: Literal["reinforce"] = "reinforce"
-    """Algorithm selector."""
-    supports_vtrace: ClassVar[bool] = False
-    learning_rate: float = Field(1e-3, gt=0, le=10)
-    """Adam learning rate of the policy (and of the value function when trained jointly)."""
-    anneal_lr: bool = False
-    """Anneal the learning rates linearly to 0."""
-    num_steps: int = Field(1000, ge=1, le=1_000_000)
-    """Steps per sub-env per batch. Episodes that have not ended by the end of the batch are handled by
-    ``partial_episodes``; the env keeps running, so their remainder counts in the next batch."""
-    gae_lambda: float = Field(1.0, ge=1.0, le=1.0)
-    """Fixed at 1: REINFORCE uses Monte-Carlo returns."""
-    baseline: Literal["none", "mean", "value"] = "value"
-    """Subtracted from the returns: nothing, the batch mean, or a learned state-value function."""
-    value_training: Literal["separate", "joint"] = "separate"
-    """With ``baseline: value``: fit the critic with its own optimizer after the policy step, or add
-    ``vf_coef * MSE`` to the policy's loss and take one step on both."""
-    value_learning_rate: float = Field(1e-3, gt=0, le=10)
-    """Adam learning rate of the separately trained critic."""
-    value_epochs: int = Field(5, ge=1, le=1000)
-    """Epochs of minibatch regression of the separately trained critic per batch."""
-    value_batch_size: int = Field(256, ge=1)
-    """Minibatch size of that regression."""
-    vf_coef: float = Field(0.5, ge=0)
-    """Weight of the value loss when trained jointly."""
-    ent_coef: float = Field(0.0, ge=0)
-    """Weight of the entropy bonus."""
-    normalize_returns: bool = True
-    """Scale the policy-gradient weights (returns minus baseline) to zero mean and unit std over the batch."""
-    batch: Literal["steps", "episodes"] = "steps"
-    """``steps``: each batch is ``num_steps`` steps per sub-env, unfinished episodes handled by
-    ``partial_episodes``. ``episodes``: each batch restarts every sub-env and keeps exactly one complete episode
-    from each (the rollout stops once all have ended; ``num_steps`` caps an episode's length, and an episode that
-    does not end within it is dropped)."""
-    partial_episodes: Literal["drop", "bootstrap"] = "drop"
-    """Steps of episodes unfinished at the end of the batch: ``drop`` leaves them out of the loss (pure Monte
-    Carlo); ``bootstrap`` completes their return with the learned value (needs ``baseline: value``)."""
-
-    def check_experiment(self, experiment) -> None:
-        if self.partial_episodes == "bootstrap" and self.baseline != "value":
-            raise ValueError(
-                f"algorithm.partial_episodes: 'bootstrap' needs baseline: value (got baseline {self.baseline!r})"
-            )
-        if self.baseline == "value" and self.value_training == "separate" and experiment.policy.shared_trunk:
-            raise ValueError(
-                "policy.shared_trunk: a separately trained critic cannot share the actor's trunk; use "
-                "algorithm.value_training: joint (got True)"
-            )
 
 
 class Reinforce(OnPolicyModule):

@@ -13,16 +13,15 @@ trained separately by minibatch regression on the returns.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
-from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase, adam
+from pgkit.algorithms.common import adam
+from pgkit.algorithms.configs import TRPOConfig
 from pgkit.distributions import ActionDistribution
 from pgkit.ops import normalize
 
@@ -124,46 +123,6 @@ def natural_gradient_step(
         "surrogate_improvement": torch.tensor(new_objective - baseline),
         "accepted": torch.tensor(float(fraction > 0)),
     }
-
-
-class TRPOConfig(AlgorithmConfigBase):
-    """TRPO hyperparameters; the defaults are sb3-contrib's, but ``target_kl`` bounds the joint KL (see there)."""
-
-    name: Literal["trpo"] = "trpo"
-    """Algorithm selector."""
-    learning_rate: float = Field(1e-3, gt=0, le=10)
-    """Adam learning rate of the critic (the policy step size comes from the KL bound)."""
-    anneal_lr: bool = False
-    """Anneal the critic's learning rate linearly to 0."""
-    max_grad_norm: float | None = Field(None, gt=0)
-    """Clip the critic's gradient norm; null (sb3-contrib's choice) disables it."""
-    target_kl: float = Field(0.01, gt=0)
-    """``delta``, the trust region's bound on ``mean_s KL(pi_old(.|s) || pi(.|s))`` of the joint action
-    distribution: a diagonal Gaussian's per-dimension KLs are summed (the paper's, OpenAI baselines' and Spinning
-    Up's KL). sb3-contrib averages them over the D action dims as well, so its ``target_kl`` corresponds to
-    ``D * target_kl`` here: sb3-contrib's 0.01 on HalfCheetah (D = 6) is 0.06 here."""
-    cg_max_steps: int = Field(15, ge=1, le=1000)
-    """Conjugate-gradient iterations."""
-    cg_damping: float = Field(0.1, ge=0)
-    """Damping added to the Fisher matrix of the joint KL, ``F + damping * I``. sb3-contrib's Fisher is that of the
-    per-dimension mean, D times smaller, so the same damping weighs D times more there."""
-    line_search_shrinking_factor: float = Field(0.8, gt=0, lt=1)
-    """Backtracking factor of the line search."""
-    line_search_max_iter: int = Field(10, ge=1, le=100)
-    """Line-search tries before the step is rejected."""
-    n_critic_updates: int = Field(10, ge=1, le=1000)
-    """Epochs of critic regression per rollout."""
-    critic_batch_size: int = Field(128, ge=1)
-    """Minibatch size of the critic regression."""
-    normalize_advantage: bool = True
-    """Normalise advantages over the batch before the policy step."""
-
-    def check_experiment(self, experiment) -> None:
-        if experiment.policy.shared_trunk:
-            raise ValueError(
-                "policy.shared_trunk: TRPO trains the critic separately, so actor and critic cannot share a trunk "
-                "(got True)"
-            )
 
 
 class TRPO(OnPolicyModule):

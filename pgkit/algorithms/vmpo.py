@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from tensordict import TensorDict
 from torch import Tensor, nn
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.algorithms.common import AlgorithmConfigBase, adam
+from pgkit.algorithms.common import adam
+from pgkit.algorithms.configs import VMPOConfig
 from pgkit.distributions import ActionDistribution, Normal, TanhNormal
 from pgkit.distributions.normal import gaussian_kl
 from pgkit.networks import ActorCritic
@@ -71,41 +70,6 @@ def decoupled_gaussian_kl(target: Normal, online: Normal) -> tuple[Tensor, Tenso
 
 def _inverse_softplus(x: float) -> float:
     return math.log(math.expm1(x))
-
-
-class VMPOConfig(AlgorithmConfigBase):
-    """V-MPO hyperparameters; the dual defaults are the paper's."""
-
-    name: Literal["vmpo"] = "vmpo"
-    """Algorithm selector."""
-    update_epochs: int = Field(10, ge=1, le=1000)
-    """Passes over each rollout."""
-    num_minibatches: int = Field(32, ge=1)
-    """Minibatches per pass; the top half of advantages is taken within each minibatch."""
-    target_update_iterations: int = Field(1, ge=1)
-    """Copy the online network into the target (acting) network at the end of every this many iterations (a
-    rollout and its updates). 1: each rollout is collected by the latest policy. Counted in iterations rather than
-    gradient updates so that a skipped non-finite minibatch cannot shift the schedule (the paper's distributed
-    learner refreshes every 100 learner steps, about a few of pgkit's iterations)."""
-    epsilon_temperature: float = Field(0.01, gt=0)
-    """``eps_eta``: bound of the temperature dual."""
-    epsilon_mean: float = Field(0.01, gt=0)
-    """``eps_mu``: KL bound on the Gaussian mean."""
-    epsilon_std: float = Field(5e-5, gt=0)
-    """``eps_Sigma``: KL bound on the Gaussian covariance."""
-    epsilon_categorical: float = Field(0.01, gt=0)
-    """KL bound for categorical policies."""
-    initial_temperature: float = Field(1.0, gt=0)
-    """``eta_0``."""
-    initial_alpha: float | None = Field(None, gt=0)
-    """``alpha_0``; null gives 1 for Gaussian policies and 5 for categorical ones."""
-    dual_learning_rate: float = Field(1e-2, gt=0)
-    """Adam learning rate of the temperature and the KL multipliers. Fixed: ``anneal_lr`` anneals the network's
-    rate only, as in the paper, rlax and acme, so the KL constraints keep adapting to the end of training."""
-    vf_coef: float = Field(0.5, ge=0)
-    """Weight of the value loss."""
-    adam_eps: float = Field(1e-5, gt=0)
-    """Adam epsilon."""
 
 
 class VMPO(OnPolicyModule):

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
-from tensordict import TensorDict
 from torch import Tensor, nn
 
 from pgkit.environments.normalization import ObservationNormalizer, RunningMeanStd
+
+if TYPE_CHECKING:
+    from tensordict import TensorDict
 
 LeafKind = Literal["vector", "image", "discrete"]
 
@@ -144,6 +146,8 @@ class ObservationLayout:
         tensors = {leaf.key: torch.zeros(*batch, *leaf.shape, dtype=leaf.dtype, device=device) for leaf in self.leaves}
         if not self.structured:
             return tensors[self.leaves[0].key]
+        from tensordict import TensorDict  # here, not at the top: validating a config needs no tensordict
+
         return TensorDict(tensors, batch_size=list(batch), device=device)
 
     def stack(self, observations: Sequence[Any]) -> Any:
@@ -214,6 +218,8 @@ class StructuredObservations(nn.Module):
                 out[leaf.key] = index - torch.tensor(leaf.start, device=device)
         if not self.layout.structured:
             return out[self.layout.leaves[0].key]
+        from tensordict import TensorDict  # here, not at the top: validating a config needs no tensordict
+
         batch = next(iter(out.values())).shape[0]
         return TensorDict(out, batch_size=[batch], device=device)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from pgkit.algorithms.grpo import GroupPolicyOptions
+from pgkit.algorithms.configs import GroupPolicyOptions
 from pgkit.config import CheckpointConfig, LoggerConfig, TrainerConfig
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)

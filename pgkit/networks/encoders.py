@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from tensordict import TensorDict
 from torch import Tensor, nn
 
 from pgkit.environments.observations import Leaf, ObservationLayout
 from pgkit.networks.mlp import HIDDEN_GAIN
+
+if TYPE_CHECKING:
+    from tensordict import TensorDict
 
 ImageEncoding = Literal["cnn", "flatten"]
 
