@@ -14,6 +14,7 @@ array.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -98,9 +99,17 @@ def _export_onnx(policy: DeterministicPolicy, example: tuple[Tensor, ...], out: 
     names = ["obs", "state"][: len(example)]
     outputs = ["actions", "next_state"] if policy.recurrent else ["actions"]
     batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():  # torch.export's own deprecation notice (LeafSpec) under torch 2.13
-        warnings.simplefilter("ignore", FutureWarning)
-        _onnx_export(policy, example, out, names, outputs, batch)
+    # torch's exporter logs a warning per torchvision op it skips when torchvision is absent (it is not needed here),
+    # and torch.export a deprecation notice (LeafSpec) under torch 2.13.
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            _onnx_export(policy, example, out, names, outputs, batch)
+    finally:
+        onnx_logger.setLevel(level)
 
 
 def _onnx_export(policy: DeterministicPolicy, example: tuple[Tensor, ...], out: Path, names: list[str],

@@ -100,6 +100,14 @@ def process_rank(devices_per_node: int, num_nodes: int = 1) -> int:
     return 0
 
 
+def _run_name(cfg: ExperimentConfig) -> str:
+    """The default MLflow run name: ``<name>-<env>-s<seed>``, with the output folder's version (``-v2``) when the
+    run took a versioned folder, so the run and its folder share a name."""
+    folder = Path(cfg.trainer.output_dir).name
+    base = cfg.default_run_name
+    return folder if folder.startswith(f"{base}-v") and folder[len(base) + 2 :].isdigit() else base
+
+
 def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | None:
     """The MLflow logger, continuing ``run_id`` when resuming."""
     if not cfg.logger.enabled:
@@ -107,7 +115,7 @@ def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | Non
     check_tracking_uri(cfg.logger.tracking_uri)
     return MLFlowLogger(
         experiment_name=cfg.logger.experiment_name,
-        run_name=cfg.logger.run_name or cfg.default_run_name,
+        run_name=cfg.logger.run_name or _run_name(cfg),
         tracking_uri=cfg.logger.tracking_uri,
         run_id=run_id,
         log_model=False,

@@ -50,6 +50,8 @@ def test_a_second_run_of_the_same_config_takes_a_versioned_folder(capsys):
     assert {p.name: p.read_bytes() for p in first.glob("*.ckpt")} == before  # untouched
     assert run(capsys, "fit", "--config", config)[0] == 0
     assert Path("runs/ppo-CartPole-v1-s1-v3/checkpoints/last.ckpt").exists()
+    names = sorted(r.info.run_name for r in runs_in_mlflow())  # each MLflow run is named after its folder
+    assert names == ["ppo-CartPole-v1-s1", "ppo-CartPole-v1-s1-v2", "ppo-CartPole-v1-s1-v3"]
 
 
 def test_an_explicit_folder_with_an_earlier_run_is_refused_with_the_resume_command(capsys):
