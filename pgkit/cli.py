@@ -89,15 +89,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from pgkit.checkpoints import load_checkpoint
     from pgkit.config_loading import load_config
     from pgkit.outputs import resolve_output_dir
+    from pgkit.start_check import reporting_start_failures
     from pgkit.training import check_tracking_uri, fit, process_rank
 
     if args.config is None and args.resume is None:
         raise UserError("pgkit fit: give --config FILE, or --resume CKPT to continue a run with its own config")
-    base = load_checkpoint(args.resume).config if args.config is None else None
-    cfg = load_config(args.config, args.overrides, base=base)
-    if cfg.logger.enabled:
-        check_tracking_uri(cfg.logger.tracking_uri)  # before the output folder is made
-    cfg = resolve_output_dir(cfg, args.resume, process_rank(cfg.trainer.devices, cfg.trainer.num_nodes) == 0)
+    with reporting_start_failures():  # under torchrun, a rank failing here stops the others at once
+        base = load_checkpoint(args.resume).config if args.config is None else None
+        cfg = load_config(args.config, args.overrides, base=base)
+        if cfg.logger.enabled:
+            check_tracking_uri(cfg.logger.tracking_uri)  # before the output folder is made
+        cfg = resolve_output_dir(cfg, args.resume, process_rank(cfg.trainer.devices, cfg.trainer.num_nodes) == 0)
     try:
         result = fit(cfg, resume=args.resume)
     except UserError:

@@ -36,6 +36,10 @@ class TrainerConfig(BaseModel):
     ``fsdp`` shards the parameters over the devices (for language models that do not fit one; CUDA)."""
     num_nodes: int = Field(1, ge=1, le=4096)
     """Machines taking part (Lightning's ``num_nodes``; launch with torchrun or SLURM, see docs/distributed.md)."""
+    start_timeout: float = Field(600.0, gt=0, le=86400)
+    """Seconds the ranks of a torchrun job wait for each other to be ready (envs and model built) before training.
+    A rank whose checks fail tells the others at once, and all exit; this limit only matters for a rank that
+    crashed outright or is far slower to start."""
     skip_nonfinite_batches: bool = False
     """A minibatch whose loss (or, for PPO, gradient) is NaN or inf is skipped (and counted in
     ``train/skipped_batches``) instead of stopping the run. Off: the run stops with exit 1 naming the first bad

@@ -20,6 +20,7 @@ from pgkit.checkpoints import check_resume_fits, load_checkpoint, load_weights
 from pgkit.config import ExperimentConfig
 from pgkit.errors import ConfigError, Interrupted
 from pgkit.outputs import resolve_output_dir
+from pgkit.start_check import reporting_start_failures, wait_for_all_ranks
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,40 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     returned :class:`FitResult` says which folder it used. Everything that can be checked is checked before an MLflow
     run is opened: the output folder, the tracking URI, and that ``resume`` fits the config.
     """
+    with reporting_start_failures():  # under torchrun, a rank whose checks fail stops the others at once
+        cfg, module, trainer, callbacks, logger, best = _setup(cfg, resume)
+    wait_for_all_ranks(cfg.trainer.start_timeout)
+    output_dir = Path(cfg.trainer.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    stop = next(c for c in callbacks if isinstance(c, StopOnSignal))
+    stop.install()
+    try:
+        trainer.fit(module, ckpt_path=str(resume) if resume else None)
+    except SystemExit:  # Lightning's SIGTERM stop, raised after the iteration (and its checkpoint) completed
+        if stop.signum is None:
+            raise
+    finally:
+        stop.restore()
+    if stop.signum is not None:
+        if logger is not None and logger.run_id is not None:
+            logger.experiment.set_terminated(logger.run_id, "KILLED")
+        raise Interrupted(stop.signum, str(checkpoint_dir / "last.ckpt"))
+    best_path = checkpoint_dir / "best.ckpt"
+    return FitResult(
+        output_dir=output_dir,
+        last_checkpoint=checkpoint_dir / "last.ckpt",
+        best_checkpoint=best_path if best is not None and best_path.exists() else None,
+        mlflow_run_id=logger.run_id if logger is not None else None,
+        env_steps=int(module.env_steps),
+        episode_returns=list(module.episode_returns),
+        episode_steps=list(module.episode_steps),
+        rank=trainer.global_rank,
+    )
+
+
+def _setup(cfg: ExperimentConfig, resume: str | Path | None):
+    """Everything before training, checks first: the config with its output folder resolved, the module, the
+    Trainer, its callbacks, the MLflow logger (rank 0) and the best-checkpoint callback (or None)."""
     quiet_lightning()
     loaded = load_checkpoint(resume) if resume else None
     if loaded is not None:
@@ -201,27 +236,4 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         default_root_dir=output_dir,
         use_distributed_sampler=False,
     )
-    stop = next(c for c in callbacks if isinstance(c, StopOnSignal))
-    stop.install()
-    try:
-        trainer.fit(module, ckpt_path=str(resume) if resume else None)
-    except SystemExit:  # Lightning's SIGTERM stop, raised after the iteration (and its checkpoint) completed
-        if stop.signum is None:
-            raise
-    finally:
-        stop.restore()
-    if stop.signum is not None:
-        if logger is not None and logger.run_id is not None:
-            logger.experiment.set_terminated(logger.run_id, "KILLED")
-        raise Interrupted(stop.signum, str(checkpoint_dir / "last.ckpt"))
-    best_path = checkpoint_dir / "best.ckpt"
-    return FitResult(
-        output_dir=output_dir,
-        last_checkpoint=checkpoint_dir / "last.ckpt",
-        best_checkpoint=best_path if best is not None and best_path.exists() else None,
-        mlflow_run_id=logger.run_id if logger is not None else None,
-        env_steps=int(module.env_steps),
-        episode_returns=list(module.episode_returns),
-        episode_steps=list(module.episode_steps),
-        rank=trainer.global_rank,
-    )
+    return cfg, module, trainer, callbacks, logger, best

@@ -198,3 +198,13 @@ class RankCrashEnv(CounterEnv):
         if self.crash and self.steps > 20:
             raise RuntimeError("simulated crash on rank 1")
         return super().step(action)
+
+
+class RankMissingEnv(CounterEnv):
+    """:class:`CounterEnv` that cannot be made in the process of global rank 1 (as on a node lacking a library):
+    that rank fails its checks before the process group forms, and the others must not wait for it."""
+
+    def __init__(self) -> None:
+        if os.environ.get("RANK") == "1":
+            raise ImportError("simulated missing library on rank 1")
+        super().__init__(terminate_at=10)

@@ -128,3 +128,20 @@ def test_a_failing_rank_brings_the_other_node_down_in_seconds(tmp_path):
     assert code1 == 1 and "simulated crash on rank 1" in err1
     assert code0 == 1 and "pgkit: run failed: another rank stopped" in err0, err0[-2000:]
     assert abs(t0 - t1) < 30  # not the launcher's 30-minute timeout
+
+
+def test_a_rank_failing_its_checks_before_the_rendezvous_stops_the_other_node(tmp_path):
+    # Before: rank 1 exited 2 before init_process_group and rank 0 waited there for the 30-minute group timeout.
+    config = _node_config(tmp_path, "envs_for_tests:RankMissingEnv")  # rank 1 cannot make the env
+    (code0, t0, err0), (code1, t1, err1) = _two_nodes(tmp_path, config, 29543)
+    assert code1 != 0 and "simulated missing library on rank 1" in err1, err1[-2000:]  # torchrun itself exits 1
+    assert code0 == 1, err0[-2000:]
+    assert "rank 1 stopped before training" in err0 and "simulated missing library" in err0, err0[-2000:]
+    (line,) = [x for x in err0.splitlines() if x.startswith("pgkit: ")]  # one line (torchrun adds its own report)
+    assert line.startswith("pgkit: run failed: rank 1 stopped before training: ") and "no checkpoint" in line
+    assert "Traceback" not in err0.split(line)[0]  # the worker's own output has none
+    client = MlflowClient(f"sqlite:///{tmp_path / 'fresh.db'}")
+    experiment = client.get_experiment_by_name("pgkit")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])  # no FAILED run left behind
+    assert abs(t0 - t1) < 30
+    assert not (tmp_path / "out" / "checkpoints" / "last.ckpt").exists()
