@@ -1,8 +1,11 @@
-"""``trainer.compile``: the acting step and the update's loss compiled with ``torch.compile``.
+"""``trainer.compile``: the acting step, the update's loss and (on CUDA) GAE compiled with ``torch.compile``.
 
-A mixin of :class:`~pgkit.algorithms.base.OnPolicyModule`. Both functions are pure tensor functions with static
-shapes, so on CUDA they are also captured as CUDA graphs (``mode="reduce-overhead"``). Recurrent policies stay eager:
-their replayed sequences change layout every minibatch, and cuDNN (oneDNN on CPU) already fuses the recurrence.
+A mixin of :class:`~pgkit.algorithms.base.OnPolicyModule`. The functions are pure tensor functions with static
+shapes, so on CUDA they are also captured as CUDA graphs (``mode="reduce-overhead"``). On CUDA the advantages go
+through TorchRL's GAE loop under ``torch.compile`` (:func:`pgkit.ops.gae_torchrl`), as TorchRL's own
+``ppo_mujoco`` does; on CPU pgkit's compiled loop (:mod:`pgkit.ops.kernels`) is faster on every shape measured
+(``benchmarks/gae.py``), so it stays. Recurrent policies stay eager: their replayed sequences change layout every
+minibatch, and cuDNN (oneDNN on CPU) already fuses the recurrence.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pgkit.ops import gae, gae_torchrl
+
 
 class Compilation:
     """Compiles :meth:`policy_step` and :meth:`loss_terms` when ``trainer.compile`` asks for it."""
 
     _compiled = False
     _graph_steps = False
+    gae_fn = staticmethod(gae)
+    """The GAE the rollout's targets come from: :func:`pgkit.ops.gae`, or compiled TorchRL GAE on CUDA."""
 
     @property
     def compile_enabled(self) -> bool:
@@ -38,6 +45,8 @@ class Compilation:
         self._compiled = True  # the compiler fuses the layers itself: act through the modules
         self.policy_step = torch.compile(self.policy_step, **options)
         self.loss_terms = torch.compile(self.loss_terms, **options)
+        if self.device.type == "cuda":
+            self.gae_fn = torch.compile(gae_torchrl, **options)
         self._graph_steps = options.get("mode") == "reduce-overhead"
 
     def mark_step(self) -> None:

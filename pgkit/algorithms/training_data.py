@@ -23,7 +23,7 @@ from pgkit.algorithms.batching import (
     unit_rows,
 )
 from pgkit.networks.recurrent import Sequences
-from pgkit.ops import gae, vtrace
+from pgkit.ops import vtrace
 
 
 class TrainingData:
@@ -40,7 +40,8 @@ class TrainingData:
         algo = self.cfg.algorithm
         if algo.advantage == "vtrace":
             return
-        advantage, ret = gae(
+        self.mark_step()
+        advantage, ret = self.gae_fn(
             b["reward"], b["value"], self.next_values(b, b["value"], last_value), b["terminated"], b["truncated"],
             algo.gamma, algo.gae_lambda,
         )

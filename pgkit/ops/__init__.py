@@ -7,7 +7,7 @@ The trainers call the same functions, or the tensor functions those are built fr
 """
 
 from pgkit import __version__  # stateset-rl-core exports its version too
-from pgkit.ops.gae import advantages, batch_compute_gae, compute_gae, gae
+from pgkit.ops.gae import advantages, batch_compute_gae, compute_gae, gae, gae_torchrl
 from pgkit.ops.group import (
     compute_group_advantages,
     group_advantages,
@@ -46,6 +46,7 @@ __all__ = [
     "discounted_reverse_cumsum",
     "explained_variance",
     "gae",
+    "gae_torchrl",
     "group_advantages",
     "group_baseline",
     "kl_k3",

@@ -45,3 +45,11 @@ def give_back(t: Tensor, torch_out: bool) -> Any:
 def scalar_back(t: Tensor, torch_out: bool) -> Any:
     """A 0-d result: a tensor for tensor inputs (no device sync), a Python float for numpy inputs."""
     return t if torch_out else float(t)
+
+
+def on_cpu_without_grad(*xs: Tensor) -> bool:
+    """Whether tensors can go through the compiled CPU loops of :mod:`pgkit.ops.kernels`: on the CPU, with no
+    gradient to track, and not being traced by ``torch.compile`` (which keeps the pure-torch path)."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(x.device.type == "cpu" and not x.requires_grad for x in xs)

@@ -1,7 +1,8 @@
 """Generalised advantage estimation: one formula, for rollouts with episode ends and for stateset-style trajectories.
 
 ``delta[t] = r[t] + gamma * V(s[t+1]) * (1 - terminated[t]) - V(s[t])`` and
-``A[t] = delta[t] + gamma * lambda * (1 - done[t]) * A[t+1]``, solved by :func:`discounted_reverse_cumsum`.
+``A[t] = delta[t] + gamma * lambda * (1 - done[t]) * A[t+1]``: on CPU outside autograd one compiled pass
+(:mod:`pgkit.ops.kernels`), elsewhere the blocked scan :func:`discounted_reverse_cumsum`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pgkit.ops._arrays import as_tensor, float_dtype, give_back, is_torch
+from pgkit.ops._arrays import as_tensor, float_dtype, give_back, is_torch, on_cpu_without_grad
 from pgkit.ops.scan import discounted_reverse_cumsum, padded_length
 
 
@@ -31,15 +32,15 @@ def _td_errors(
 ) -> Tensor:
     """``r + gamma * V(s') * (1 - terminated) - V(s)`` in a ``[..., padded_length(T)]`` buffer, zero after ``T``."""
     steps = reward.shape[-1]
-    # delta goes straight into a buffer as long as the scan wants, so the scan never copies it to pad it.
-    delta = reward.new_empty(*reward.shape[:-1], padded_length(steps)) if scratch is None else scratch
-    delta[..., steps:] = 0.0
-    out = delta[..., :steps]
-    if terminated is None:
-        torch.add(reward, next_value, alpha=gamma, out=out).sub_(value)
-    else:
-        torch.add(reward, next_value * ~terminated, alpha=gamma, out=out).sub_(value)
-    return delta
+    following = next_value if terminated is None else next_value * ~terminated
+    if scratch is None:
+        # Out-of-place, then one contiguous padded copy: under torch.compile an ``out=`` into a buffer gives it the
+        # layout of a transposed (time-major) input, which inductor's batched matmul then fails to view.
+        return F.pad(torch.add(reward, following, alpha=gamma).sub_(value), (0, padded_length(steps) - steps))
+    # delta goes straight into the caller's buffer, as long as the scan wants, so the scan never copies it to pad it.
+    scratch[..., steps:] = 0.0
+    torch.add(reward, following, alpha=gamma, out=scratch[..., :steps]).sub_(value)
+    return scratch
 
 
 def advantages(
@@ -54,16 +55,47 @@ def advantages(
 ) -> Tensor:
     """GAE along the last axis. Without ``done`` every trace runs to the end of the axis, where the value is 0.
 
+    On CPU, outside autograd, one compiled pass (:func:`pgkit.ops.kernels.gae_rows`); elsewhere (CUDA, or inputs that
+    need a gradient) the blocked scan of :mod:`pgkit.ops.scan`, which gives the same numbers to rounding.
+
     ``scratch``, if given, receives the TD errors: a ``[..., padded_length(T)]`` buffer (``reward`` may be its first
     ``T`` columns). By default one is allocated.
     """
     steps = reward.shape[-1]
+    if scratch is None and on_cpu_without_grad(reward, value, next_value):
+        return _advantages_loop(reward, value, next_value, gamma, gae_lambda, terminated, done)
     delta = _td_errors(reward, value, next_value, gamma, terminated, scratch)
     discount: float | Tensor = gamma * gae_lambda
     if done is not None:
         # (not done) as the data's dtype: a Python float times a bool tensor would be float32.
         discount = F.pad((~done).to(delta.dtype) * (gamma * gae_lambda), (0, delta.shape[-1] - steps))
     return discounted_reverse_cumsum(delta, discount)[..., :steps]
+
+
+def _advantages_loop(
+    reward: Tensor, value: Tensor, next_value: Tensor, gamma: float, gae_lambda: float,
+    terminated: Tensor | None, done: Tensor | None,
+) -> Tensor:
+    """:func:`advantages` by the compiled CPU loop, in the memory order of ``reward`` (time-major stays so)."""
+    from pgkit.ops.kernels import empty_like_layout, gae_rows
+
+    shape = reward.shape
+    dtype = torch.promote_types(torch.promote_types(reward.dtype, value.dtype), next_value.dtype)
+    if dtype not in (torch.float32, torch.float64):
+        dtype = torch.float64
+
+    def rows(x: Tensor) -> np.ndarray:
+        return x.to(dtype).broadcast_to(shape).reshape(-1, shape[-1]).numpy()
+
+    def mask(x: Tensor | None) -> np.ndarray:
+        if x is None:
+            return np.broadcast_to(np.False_, (math.prod(shape[:-1]), shape[-1]))
+        return x.broadcast_to(shape).reshape(-1, shape[-1]).numpy()
+
+    r = rows(reward)
+    out = empty_like_layout(r)
+    gae_rows(r, rows(value), rows(next_value), mask(terminated), mask(done), gamma, gae_lambda, out)
+    return torch.from_numpy(out).reshape(shape)
 
 
 def _later(mask: Tensor, strict: bool = False) -> Tensor:
@@ -123,6 +155,34 @@ def gae(
     return advantage, advantage + value
 
 
+
+def gae_torchrl(
+    reward: Tensor,
+    value: Tensor,
+    next_value: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """:func:`gae` through TorchRL's ``generalized_advantage_estimate``, in pgkit's time-major ``[T, N]`` layout.
+
+    TorchRL's loop over time, which is what TorchRL's own ``ppo_mujoco`` compiles on CUDA (its vectorised form, a
+    truncated conv1d, is approximate and has data-dependent shapes). The trainers compile this function on CUDA
+    with ``trainer.compile``; it gives :func:`gae`'s numbers to float rounding.
+    """
+    from torchrl.objectives.value.functional import generalized_advantage_estimate
+
+    def theirs(x: Tensor) -> Tensor:  # [T, N] -> TorchRL's [N, T, 1]
+        return x.T.unsqueeze(-1)
+
+    advantage, target = generalized_advantage_estimate(
+        gamma, gae_lambda, theirs(value), theirs(next_value), theirs(reward), theirs(terminated | truncated),
+        theirs(terminated),
+    )
+    return advantage.squeeze(-1).T, target.squeeze(-1).T
+
+
 def _split_values(values: Tensor, steps: int) -> tuple[Tensor, Tensor]:
     """``(V[:n], V[1:n+1])`` from ``n + 1`` values, or from ``n`` values with a bootstrap of 0 (as stateset-rl-core)."""
     if values.shape[-1] == steps + 1:
@@ -140,6 +200,21 @@ def compute_gae(rewards: Any, values: Any, gamma: float = 0.99, gae_lambda: floa
     (computed in the wider of the two). Infinite and NaN inputs give what the step-by-step recursion gives in IEEE
     arithmetic, as stateset-rl-core. Unlike stateset-rl-core, other lengths of ``values`` are an error.
     """
+    torch_out = is_torch(rewards, values)
+    if not torch_out or on_cpu_without_grad(rewards, values):  # one compiled pass (pgkit.ops.kernels)
+        r, v = _cpu_array(rewards), _cpu_array(values)
+        if r.ndim != 1 or v.ndim != 1:
+            raise ValueError(f"compute_gae takes 1-D rewards and values, got shapes {r.shape} and {v.shape}")
+        if v.shape[0] not in (r.shape[0], r.shape[0] + 1):
+            raise ValueError(f"values must have n + 1 = {r.shape[0] + 1} entries (or n = {r.shape[0]}), "
+                             f"got {v.shape[0]}")
+        from pgkit.ops.kernels import gae_trajectory
+
+        dtype = np.promote_types(r.dtype, v.dtype)
+        out = np.empty(r.shape[0], dtype)
+        gae_trajectory(r.astype(dtype, copy=False), v.astype(dtype, copy=False), gamma, gae_lambda, out)
+        out = out.astype(r.dtype, copy=False)
+        return torch.from_numpy(out) if torch_out else out
     r, v = as_tensor(rewards), as_tensor(values)
     if r.ndim != 1 or v.ndim != 1:
         raise ValueError(f"compute_gae takes 1-D rewards and values, got shapes {tuple(r.shape)} and {tuple(v.shape)}")
@@ -156,15 +231,20 @@ def batch_compute_gae(
     """:func:`compute_gae` for many trajectories (stateset-rl-core's ``batch_compute_gae``).
 
     ``all_rewards`` and ``all_values`` are sequences of 1-D arrays of any lengths, or 2-D arrays with a trajectory
-    per row. The trajectories are packed into one zero-padded ``[B, T_max]`` batch and solved together, in the
-    widest dtype among them; zeros after a trajectory's end add nothing to its advantages. Each returned array has
-    its own rewards' dtype and, where that is the batch's, is a view into one result buffer.
+    per row. On CPU they are packed end to end and solved in one compiled pass; CUDA tensors are packed into one
+    zero-padded ``[B, T_max]`` batch for the blocked scan (zeros after a trajectory's end add nothing to its
+    advantages). Either way in the widest dtype among them; each returned array has its own rewards' dtype and,
+    where that is the batch's, is a view into one result buffer.
     """
     if len(all_rewards) != len(all_values):
         raise ValueError(f"got {len(all_rewards)} reward arrays but {len(all_values)} value arrays")
     if len(all_rewards) == 0:
         return []
     torch_out = is_torch(all_rewards, all_values, all_rewards[0], all_values[0])
+    tensors = [x for rows in (all_rewards, all_values) for x in ([rows] if isinstance(rows, Tensor) else rows)
+               if isinstance(x, Tensor)]
+    if on_cpu_without_grad(*tensors):
+        return _batch_loop(all_rewards, all_values, gamma, gae_lambda, torch_out)
     rewards, lengths, dtypes = _rows(all_rewards, torch_out)
     values, value_lengths, value_dtypes = _rows(all_values, torch_out)
     for i, (n, m) in enumerate(zip(lengths, value_lengths, strict=True)):
@@ -188,6 +268,51 @@ def batch_compute_gae(
     if torch_out:
         return [rows[i, :n].to(d) for i, (n, d) in enumerate(zip(lengths, dtypes, strict=True))]
     return [rows[i, :n].astype(d, copy=False) for i, (n, d) in enumerate(zip(lengths, dtypes, strict=True))]
+
+
+def _cpu_array(x: Any) -> np.ndarray:
+    """A numpy view of a CPU tensor or array-like, floats kept, everything else as float64."""
+    array = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+    return array if float_dtype(array.dtype) == array.dtype else array.astype(np.float64)
+
+
+def _batch_loop(all_rewards: Any, all_values: Any, gamma: float, gae_lambda: float, torch_out: bool) -> list[Any]:
+    """:func:`batch_compute_gae` on CPU: the trajectories end to end in one buffer, one compiled pass over them."""
+    from pgkit.ops.kernels import gae_trajectories
+
+    def flat(rows: Any, name: str) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray]:
+        if isinstance(rows, (np.ndarray, Tensor)) and rows.ndim == 2:  # a table: its rows, without copying
+            table = _cpu_array(rows)
+            return table, np.arange(table.shape[0] + 1) * table.shape[1]
+        arrays = [_cpu_array(x) for x in rows]
+        for i, a in enumerate(arrays):
+            if a.ndim != 1:
+                raise ValueError(f"{name} {i}: each trajectory must be 1-D, got shape {a.shape}")
+        return arrays, np.concatenate([[0], np.cumsum([a.shape[0] for a in arrays])])
+
+    rewards, starts = flat(all_rewards, "rewards")
+    values, value_starts = flat(all_values, "values")
+    lengths, value_lengths = np.diff(starts), np.diff(value_starts)
+    bad = np.flatnonzero((value_lengths != lengths) & (value_lengths != lengths + 1))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"trajectory {i}: {lengths[i]} rewards need {lengths[i] + 1} values (or {lengths[i]}), "
+                         f"got {value_lengths[i]}")
+    dtypes = [rewards.dtype] * len(lengths) if isinstance(rewards, np.ndarray) else [a.dtype for a in rewards]
+    value_dtypes = {values.dtype} if isinstance(values, np.ndarray) else {a.dtype for a in values}
+    dtype = np.result_type(*{*dtypes, *value_dtypes})
+
+    def packed(rows: list[np.ndarray] | np.ndarray) -> np.ndarray:
+        if isinstance(rows, np.ndarray):
+            return np.ascontiguousarray(rows, dtype=dtype).reshape(-1)
+        return np.concatenate(rows, dtype=dtype, casting="same_kind") if rows else np.empty(0, dtype)
+
+    flat_rewards = packed(rewards)
+    out = np.empty_like(flat_rewards)
+    gae_trajectories(flat_rewards, packed(values), starts, value_starts, gamma, gae_lambda, out)
+    result = [out[a:b] if d == dtype else out[a:b].astype(d) for a, b, d in zip(starts[:-1], starts[1:], dtypes,
+                                                                                  strict=True)]
+    return [torch.from_numpy(x) for x in result] if torch_out else result
 
 
 def _rows(rows: Any, torch_out: bool) -> tuple[Any, list[int], list[Any]]:

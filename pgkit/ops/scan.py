@@ -1,8 +1,11 @@
 """The reverse discounted scan ``y[t] = x[t] + a[t] * y[t+1]`` behind GAE and reward-to-go, without a loop over time.
 
-Written here because no maintained library has a fast one for CPU: TorchRL's ``vec_generalized_advantage_estimate``
-builds a ``T x T`` filter (178 ms for 256 trajectories of 1000 steps on this project's 2-core CI machine, where this
-scan takes about 1 ms), and its looped version steps through time in Python.
+This is the device-agnostic, differentiable path: CUDA tensors, inputs that need a gradient, and ``torch.compile``
+graphs use it. On CPU outside autograd the ops call the compiled loops of :mod:`pgkit.ops.kernels` instead, which
+are faster on every shape. Written here because no maintained library has an exact one: TorchRL's vectorised GAE
+with scalar gamma and lambda is a conv1d with the geometric filter ``(gamma * lambda) ** k`` truncated where it
+falls below 1e-7, over the trajectories split at episode ends and padded, and its other GAE steps through time in
+Python.
 
 Short axes (up to ``DIRECT`` steps) are one matrix product with ``M[t, k] = a[t] * ... * a[k-1]`` for ``k >= t``.
 Longer ones are cut into blocks of ``BLOCK`` steps, each solved by such a product; the values at the block starts
@@ -84,3 +87,19 @@ def discounted_reverse_cumsum(x: Tensor, discount: float | Tensor) -> Tensor:
     starts = discounted_reverse_cumsum(local[..., 0], across)
     local.addcmul_(to_end, F.pad(starts[..., 1:], (0, 1)).unsqueeze(-1))
     return local.flatten(-2)[..., :steps]
+
+
+def reverse_scan(x: Tensor, discount: Tensor) -> Tensor:
+    """:func:`discounted_reverse_cumsum` with a per-step ``discount`` shaped like ``x``: by the compiled loop of
+    :func:`pgkit.ops.kernels.reverse_scan_rows` on CPU outside autograd (one pass, fastest on every shape), by the
+    blocked scan elsewhere."""
+    from pgkit.ops._arrays import on_cpu_without_grad
+
+    if not on_cpu_without_grad(x, discount) or x.dtype not in (torch.float32, torch.float64) or x.ndim == 0:
+        return discounted_reverse_cumsum(x, discount)
+    from pgkit.ops.kernels import empty_like_layout, reverse_scan_rows
+
+    rows = x.reshape(-1, x.shape[-1]).numpy()
+    out = empty_like_layout(rows)
+    reverse_scan_rows(rows, discount.to(x.dtype).broadcast_to(x.shape).reshape(-1, x.shape[-1]).numpy(), out)
+    return torch.from_numpy(out).reshape(x.shape)

@@ -1,11 +1,11 @@
-"""V-trace off-policy value targets and advantages (Espeholt et al. 2018, IMPALA), without a loop over time.
+"""V-trace off-policy value targets and advantages (Espeholt et al. 2018, IMPALA).
 
 With ``rho_t = pi(a_t|x_t) / mu(a_t|x_t)`` (current policy over behaviour policy), ``rho'_t = min(rho_bar, rho_t)``
 and ``c_t = lambda * min(c_bar, rho_t)``:
 
 - ``delta_t = rho'_t (r_t + gamma V(x_{t+1}) (1 - terminated_t) - V(x_t))``
 - ``v_t - V(x_t) = delta_t + gamma c_t (1 - done_t) (v_{t+1} - V(x_{t+1}))``, a reverse discounted scan with a
-  per-step discount, solved by :func:`pgkit.ops.discounted_reverse_cumsum` like GAE;
+  per-step discount, solved like GAE (one compiled pass on CPU, the blocked scan on CUDA);
 - the policy-gradient advantage ``rho'_t (r_t + gamma v_{t+1} (1 - terminated_t) - V(x_t))``, where ``v_{t+1}`` is
   the bootstrap value itself at an episode end or after the last step.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pgkit.ops.scan import discounted_reverse_cumsum
+from pgkit.ops.scan import reverse_scan
 
 
 def vtrace(
@@ -44,7 +44,7 @@ def vtrace(
     not_terminated = (~terminated).to(value.dtype)
     delta = clipped_rho * (reward + gamma * not_terminated * next_value - value)
     trace = (~(terminated | truncated)).to(value.dtype) * (gamma * lam) * rho.clamp(max=c_clip)
-    correction = discounted_reverse_cumsum(delta.T, trace.T).T  # v_t - V(x_t)
+    correction = reverse_scan(delta.T, trace.T).T  # v_t - V(x_t)
     target = value + correction
     next_target = torch.cat([target[1:], next_value[-1:]])
     next_target = torch.where(terminated | truncated, next_value, next_target)
