@@ -3,7 +3,10 @@
 Run: ``pip install stateset-rl-core==0.1.1 && python benchmarks/ops_vs_stateset.py``
 
 Prints, per function, the median time per call of each library over ``--repeats`` interleaved calls and the ratio
-stateset / pgkit (above 1: pgkit is faster). Inputs: batch GAE on 256 trajectories of 1000 steps, group advantages
+stateset / pgkit (above 1: pgkit is faster), twice: on an idle machine, then with a competing process keeping one
+core busy (a Python busy loop), the situation where torch's intra-op threads wait for the busy core.
+
+Inputs: batch GAE on 256 trajectories of 1000 steps, group advantages
 on 4096 groups of 8, and the element-wise functions on the 32768 rewards of those groups, all float64 numpy arrays,
 which is all stateset-rl-core accepts.
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -74,20 +79,40 @@ def median_ms(a: Callable[[], object], b: Callable[[], object], repeats: int) ->
     return float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
 
 
+def table(repeats: int) -> list[float]:
+    """Print one table; return its ratios."""
+    print("| function | pgkit (ms) | stateset-rl-core (ms) | ratio stateset/pgkit |")
+    print("|---|---:|---:|---:|")
+    ratios = []
+    for name, ours, theirs in cases(np.random.default_rng(0)):
+        t_ours, t_theirs = median_ms(ours, theirs, repeats)
+        ratios.append(t_theirs / t_ours)
+        print(f"| {name} | {t_ours:.4f} | {t_theirs:.4f} | {t_theirs / t_ours:.2f} |", flush=True)
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--no-load", action="store_true", help="skip the measurement beside a busy process")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads, median of {args.repeats} interleaved calls")
-    print("| function | pgkit (ms) | stateset-rl-core (ms) | ratio stateset/pgkit |")
-    print("|---|---:|---:|---:|")
-    for name, ours, theirs in cases(np.random.default_rng(0)):
-        t_ours, t_theirs = median_ms(ours, theirs, args.repeats)
-        print(f"| {name} | {t_ours:.4f} | {t_theirs:.4f} | {t_theirs / t_ours:.2f} |")
+    print("\n## idle")
+    idle = table(args.repeats)
+    if args.no_load:
+        return
+    print("\n## one core busy in another process")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        loaded = table(args.repeats)
+    finally:
+        busy.kill()
+    print(f"\nslowest ratio: idle {min(idle):.2f}, loaded {min(loaded):.2f}")
 
 
 if __name__ == "__main__":

@@ -38,12 +38,12 @@ def recursion(reward, value, next_value, terminated, truncated, gamma, lam):
 
 def scan_gae(*args):
     """pgkit.ops.gae forced onto the blocked scan (what CUDA tensors and torch.compile get)."""
-    original = gae_module.on_cpu_without_grad
-    gae_module.on_cpu_without_grad = lambda *xs: False
+    original = gae_module.fits_cpu_loops
+    gae_module.fits_cpu_loops = lambda *xs: False
     try:
         return gae(*args)
     finally:
-        gae_module.on_cpu_without_grad = original
+        gae_module.fits_cpu_loops = original
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -137,3 +137,46 @@ def test_compiled_torchrl_gae_on_cuda_equals_pgkit():
         torch.compiler.cudagraph_mark_step_begin()
         got = compiled(*data, 0.99, 0.95)[0].clone()
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
+
+
+def _special_values(shape, seed: int) -> torch.Tensor:
+    """Normal draws with a few infinities, NaNs, zeros and exact ties mixed in."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    flat = x.view(-1)
+    picks = torch.randperm(flat.numel(), generator=g)[:12]
+    flat[picks[:3]] = torch.inf
+    flat[picks[3:5]] = -torch.inf
+    flat[picks[5:7]] = torch.nan
+    flat[picks[7:9]] = 0.0
+    flat[picks[9:12]] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("case", ["clip", "ppo", "gspo_clip", "gspo_ratio", "group_mean", "group_median",
+                                  "group_min", "group_raw"])
+def test_cpu_loops_equal_the_torch_path(case):
+    """Each stateset-style op gives the same numbers from its compiled loop (numpy input) and from its torch code
+    (a tensor that needs a gradient), non-finite inputs included."""
+    import numpy as np
+
+    import pgkit.ops as ops
+
+    a, b = _special_values((64, 8), 1), _special_values((64, 8), 2)
+    lengths = torch.randint(0, 40, (64, 8), generator=torch.Generator().manual_seed(3)).double()
+    calls = {
+        "clip": lambda x, y: ops.clip_rewards(x, -0.5, 0.7),
+        "ppo": lambda x, y: ops.compute_ppo_surrogate(x.exp() if isinstance(x, torch.Tensor) else np.exp(x), y, 0.2),
+        "gspo_clip": lambda x, y: ops.apply_gspo_clipping(x, y, 0.1, 0.3),
+        "gspo_ratio": lambda x, y: ops.compute_gspo_importance_ratios(x, y, lengths if isinstance(x, torch.Tensor)
+                                                                      else lengths.numpy()),
+        "group_mean": lambda x, y: ops.compute_group_advantages(x, "mean", True),
+        "group_median": lambda x, y: ops.compute_group_advantages(x, "median", True),
+        "group_min": lambda x, y: ops.compute_group_advantages(x, "min", True),
+        "group_raw": lambda x, y: ops.compute_group_advantages(x, "median", False),
+    }
+    looped = calls[case](a.numpy(), b.numpy())
+    assert isinstance(looped, np.ndarray)
+    traced = calls[case](a.clone().requires_grad_(), b.clone().requires_grad_())
+    assert isinstance(traced, torch.Tensor) and traced.requires_grad  # the torch path, not the loop
+    np.testing.assert_allclose(looped, traced.detach().numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)

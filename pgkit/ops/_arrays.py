@@ -47,9 +47,36 @@ def scalar_back(t: Tensor, torch_out: bool) -> Any:
     return t if torch_out else float(t)
 
 
-def on_cpu_without_grad(*xs: Tensor) -> bool:
+def fits_cpu_loops(*xs: Tensor) -> bool:
     """Whether tensors can go through the compiled CPU loops of :mod:`pgkit.ops.kernels`: on the CPU, with no
-    gradient to track, and not being traced by ``torch.compile`` (which keeps the pure-torch path)."""
+    gradient to track, not in half precision or complex (those stay in torch), and not being traced by
+    ``torch.compile`` (which keeps the pure-torch path)."""
     if torch.compiler.is_compiling():
         return False
-    return all(x.device.type == "cpu" and not x.requires_grad for x in xs)
+    return all(x.device.type == "cpu" and not x.requires_grad and x.dtype not in _TORCH_ONLY and not x.is_complex()
+               for x in xs)
+
+
+_TORCH_ONLY = (torch.float16, torch.bfloat16)
+
+
+def cpu_array(x: Any) -> np.ndarray | None:
+    """A float numpy view of ``x`` for the compiled CPU loops (float32 and float64 kept, everything else float64), or
+    None when ``x`` is a tensor that must stay in torch (on a GPU, needing a gradient, or in half precision)."""
+    if isinstance(x, Tensor):
+        if not fits_cpu_loops(x):
+            return None
+        x = x.numpy() if x.is_floating_point() else x.numpy().astype(np.float64)
+    array = np.asarray(x)
+    return array if float_dtype(array.dtype) == array.dtype else array.astype(np.float64)
+
+
+def cpu_arrays(*xs: Any) -> list[np.ndarray] | None:
+    """:func:`cpu_array` of each, or None if any must stay in torch."""
+    arrays = [cpu_array(x) for x in xs]
+    return None if any(a is None for a in arrays) else arrays
+
+
+def back(array: np.ndarray, torch_out: bool) -> Any:
+    """A result of the CPU loops as the caller's kind: a tensor sharing its memory, or the array itself."""
+    return torch.from_numpy(array) if torch_out else array

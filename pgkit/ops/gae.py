@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pgkit.ops._arrays import as_tensor, float_dtype, give_back, is_torch, on_cpu_without_grad
+from pgkit.ops._arrays import as_tensor, cpu_array, cpu_arrays, fits_cpu_loops, float_dtype, give_back, is_torch
 from pgkit.ops.scan import discounted_reverse_cumsum, padded_length
 
 
@@ -62,7 +62,7 @@ def advantages(
     ``T`` columns). By default one is allocated.
     """
     steps = reward.shape[-1]
-    if scratch is None and on_cpu_without_grad(reward, value, next_value):
+    if scratch is None and fits_cpu_loops(reward, value, next_value):
         return _advantages_loop(reward, value, next_value, gamma, gae_lambda, terminated, done)
     delta = _td_errors(reward, value, next_value, gamma, terminated, scratch)
     discount: float | Tensor = gamma * gae_lambda
@@ -201,8 +201,9 @@ def compute_gae(rewards: Any, values: Any, gamma: float = 0.99, gae_lambda: floa
     arithmetic, as stateset-rl-core. Unlike stateset-rl-core, other lengths of ``values`` are an error.
     """
     torch_out = is_torch(rewards, values)
-    if not torch_out or on_cpu_without_grad(rewards, values):  # one compiled pass (pgkit.ops.kernels)
-        r, v = _cpu_array(rewards), _cpu_array(values)
+    arrays = cpu_arrays(rewards, values)
+    if arrays is not None:  # one compiled pass (pgkit.ops.kernels)
+        r, v = arrays
         if r.ndim != 1 or v.ndim != 1:
             raise ValueError(f"compute_gae takes 1-D rewards and values, got shapes {r.shape} and {v.shape}")
         if v.shape[0] not in (r.shape[0], r.shape[0] + 1):
@@ -243,7 +244,7 @@ def batch_compute_gae(
     torch_out = is_torch(all_rewards, all_values, all_rewards[0], all_values[0])
     tensors = [x for rows in (all_rewards, all_values) for x in ([rows] if isinstance(rows, Tensor) else rows)
                if isinstance(x, Tensor)]
-    if on_cpu_without_grad(*tensors):
+    if fits_cpu_loops(*tensors):
         return _batch_loop(all_rewards, all_values, gamma, gae_lambda, torch_out)
     rewards, lengths, dtypes = _rows(all_rewards, torch_out)
     values, value_lengths, value_dtypes = _rows(all_values, torch_out)
@@ -270,21 +271,15 @@ def batch_compute_gae(
     return [rows[i, :n].astype(d, copy=False) for i, (n, d) in enumerate(zip(lengths, dtypes, strict=True))]
 
 
-def _cpu_array(x: Any) -> np.ndarray:
-    """A numpy view of a CPU tensor or array-like, floats kept, everything else as float64."""
-    array = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
-    return array if float_dtype(array.dtype) == array.dtype else array.astype(np.float64)
-
-
 def _batch_loop(all_rewards: Any, all_values: Any, gamma: float, gae_lambda: float, torch_out: bool) -> list[Any]:
     """:func:`batch_compute_gae` on CPU: the trajectories end to end in one buffer, one compiled pass over them."""
     from pgkit.ops.kernels import gae_trajectories
 
     def flat(rows: Any, name: str) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray]:
         if isinstance(rows, (np.ndarray, Tensor)) and rows.ndim == 2:  # a table: its rows, without copying
-            table = _cpu_array(rows)
+            table = cpu_array(rows)
             return table, np.arange(table.shape[0] + 1) * table.shape[1]
-        arrays = [_cpu_array(x) for x in rows]
+        arrays = [cpu_array(x) for x in rows]
         for i, a in enumerate(arrays):
             if a.ndim != 1:
                 raise ValueError(f"{name} {i}: each trajectory must be 1-D, got shape {a.shape}")

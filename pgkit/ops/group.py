@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from pgkit.ops._arrays import as_tensor, give_back, is_torch
+from pgkit.ops._arrays import as_tensor, back, cpu_arrays, give_back, is_torch
 
 Baseline = Literal["mean", "median", "min"]
+_KINDS = {"mean": 0, "median": 1, "min": 2}
+"""Baselines as :func:`pgkit.ops.kernels.group_advantages_rows` numbers them."""
 Scale = Literal["group", "batch", "none"]
 
 
@@ -71,6 +74,17 @@ def compute_group_advantages(rewards: Any, baseline_type: str = "mean", normaliz
     stateset-rl-core, an unknown ``baseline_type`` is an error (it falls back to the mean), and a NaN makes its whole
     group NaN for every baseline (its ``min`` skips NaN).
     """
+    arrays = cpu_arrays(rewards)
+    if arrays is not None and baseline_type in _KINDS:  # one compiled pass (pgkit.ops.kernels)
+        x = arrays[0]
+        if x.ndim != 2:
+            raise ValueError(f"rewards must be 2-D [num_groups, group_size], got shape {x.shape}")
+        if x.shape[1] > 0:
+            from pgkit.ops.kernels import group_advantages_rows
+
+            out = np.empty(x.shape, x.dtype)
+            group_advantages_rows(x, _KINDS[baseline_type], normalize, out)
+            return back(out.reshape(-1), is_torch(rewards))
     r = as_tensor(rewards)
     if r.ndim != 2:
         raise ValueError(f"rewards must be 2-D [num_groups, group_size], got shape {tuple(r.shape)}")

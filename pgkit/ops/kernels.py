@@ -85,6 +85,81 @@ def reverse_scan_rows(x, discount, out):  # pragma: no cover - compiled
                 out[r, t] = acc
 
 
+@njit(cache=True, nogil=True)
+def clip_flat(x, low, high, out):  # pragma: no cover - compiled
+    """``out = clamp(x, low, high)``, NaN kept."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        out[i] = low if v < low else (high if v > high else v)
+
+
+@njit(cache=True, nogil=True)
+def surrogate_flat(ratio, advantage, low, high, out):  # pragma: no cover - compiled
+    """``A * min(r, high)`` where ``A >= 0``, else ``A * max(r, low)`` (NaN in either gives NaN)."""
+    for i in range(ratio.shape[0]):
+        r, a = ratio[i], advantage[i]
+        if a >= 0:
+            out[i] = a * (high if r > high else r)
+        else:
+            out[i] = a * (low if r < low else r)
+
+
+@njit(cache=True, nogil=True)
+def sequence_ratio_flat(new, old, length, out):  # pragma: no cover - compiled
+    """GSPO's ``exp((new - old) / max(length, 1))`` where ``length > 0``, else 1."""
+    for i in range(new.shape[0]):
+        n = length[i]
+        if n > 0:
+            out[i] = np.exp((new[i] - old[i]) / (n if n > 1 else 1.0))
+        else:
+            out[i] = 1.0
+
+
+@njit(cache=True, nogil=True)
+def group_advantages_rows(x, kind, normalize, out):  # pragma: no cover - compiled
+    """stateset-rl-core's group advantages of ``x [groups, size]`` into ``out`` of the same shape: ``x`` minus the
+    row's baseline (``kind`` 0 mean, 1 median, 2 min; NaN if the row holds a NaN), then, with ``normalize``, centred
+    and divided by ``std + 1e-8`` (population std) where that std exceeds 1e-8."""
+    groups, size = x.shape
+    ordered = np.empty(size, x.dtype)
+    for g in range(groups):
+        has_nan = False
+        for j in range(size):
+            if x[g, j] != x[g, j]:
+                has_nan = True
+        if kind == 0:
+            total = 0.0
+            for j in range(size):
+                total += x[g, j]
+            base = total / size
+        elif has_nan:
+            base = np.nan
+        elif kind == 1:
+            for j in range(size):
+                ordered[j] = x[g, j]
+            ordered.sort()
+            base = (ordered[(size - 1) // 2] + ordered[size // 2]) / 2
+        else:
+            base = x[g, 0]
+            for j in range(1, size):
+                if x[g, j] < base:
+                    base = x[g, j]
+        for j in range(size):
+            out[g, j] = x[g, j] - base
+        if normalize:
+            total = 0.0
+            for j in range(size):
+                total += out[g, j]
+            mean = total / size
+            squares = 0.0
+            for j in range(size):
+                squares += (out[g, j] - mean) * (out[g, j] - mean)
+            std = np.sqrt(squares / size)
+            if std > 1e-8:
+                for j in range(size):
+                    out[g, j] = (out[g, j] - mean) / (std + 1e-8)
+
+
 def empty_like_layout(x: np.ndarray) -> np.ndarray:
     """An uninitialised array shaped like the 2-D ``x`` with its memory order (so loops over both agree)."""
     return np.empty(x.shape, dtype=x.dtype, order="F" if x.strides[0] < x.strides[1] else "C")

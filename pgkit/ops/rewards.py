@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pgkit.ops._arrays import as_tensor, give_back, is_torch, scalar_back
+from pgkit.ops._arrays import as_tensor, back, cpu_arrays, give_back, is_torch, scalar_back
 
 
 def _moments(r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,6 +66,15 @@ def clip_rewards(rewards: Any, min_val: float, max_val: float) -> Any:
     """
     if not min_val <= max_val:
         raise ValueError(f"clip_rewards needs min_val <= max_val (and neither NaN), got {min_val} and {max_val}")
+    arrays = cpu_arrays(rewards)
+    if arrays is not None:  # one compiled pass (pgkit.ops.kernels)
+        from pgkit.ops.kernels import clip_flat
+
+        x = arrays[0]
+        flat = np.ascontiguousarray(x).reshape(-1)
+        out = np.empty_like(flat)
+        clip_flat(flat, min_val, max_val, out)
+        return back(out.reshape(x.shape), is_torch(rewards))
     return give_back(as_tensor(rewards).clamp(min_val, max_val), is_torch(rewards))
 
 

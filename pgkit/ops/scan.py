@@ -93,9 +93,9 @@ def reverse_scan(x: Tensor, discount: Tensor) -> Tensor:
     """:func:`discounted_reverse_cumsum` with a per-step ``discount`` shaped like ``x``: by the compiled loop of
     :func:`pgkit.ops.kernels.reverse_scan_rows` on CPU outside autograd (one pass, fastest on every shape), by the
     blocked scan elsewhere."""
-    from pgkit.ops._arrays import on_cpu_without_grad
+    from pgkit.ops._arrays import fits_cpu_loops
 
-    if not on_cpu_without_grad(x, discount) or x.dtype not in (torch.float32, torch.float64) or x.ndim == 0:
+    if not fits_cpu_loops(x, discount) or x.dtype not in (torch.float32, torch.float64) or x.ndim == 0:
         return discounted_reverse_cumsum(x, discount)
     from pgkit.ops.kernels import empty_like_layout, reverse_scan_rows
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from pgkit.ops._arrays import as_tensor, give_back, is_torch
+from pgkit.ops._arrays import as_tensor, back, cpu_arrays, give_back, is_torch
 
 
 def clipped_surrogate(ratio: Tensor, advantage: Tensor, clip_low: float, clip_high: float) -> Tensor:
@@ -31,16 +32,34 @@ def kl_k3(log_ratio: Tensor) -> Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
+def _check(ratio_shape: tuple, advantage_shape: tuple, low: float, high: float, name: str) -> None:
+    if ratio_shape != advantage_shape:
+        raise ValueError(f"{name}: ratios and advantages must have one shape, got {ratio_shape} and {advantage_shape}")
+    if not low <= high:  # also catches NaN
+        raise ValueError(f"{name}: the clip range [{low}, {high}] is empty")
+
+
+def _flat(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``x`` as one contiguous row of ``dtype`` (a view when it already is one)."""
+    return np.ascontiguousarray(x, dtype=dtype).reshape(-1)
+
+
 def _stateset_surrogate(ratios: Any, advantages: Any, clip_low: float, clip_high: float, name: str) -> Any:
     """``A * min(r, 1 + clip_high)`` where ``A >= 0``, else ``A * max(r, 1 - clip_low)``: :func:`clipped_surrogate`
     written so that an advantage of 0 gives 0 even for an infinite ratio. NaN propagates."""
-    r, a = as_tensor(ratios), as_tensor(advantages)
-    if r.shape != a.shape:
-        shapes = f"{tuple(r.shape)} and {tuple(a.shape)}"
-        raise ValueError(f"{name}: ratios and advantages must have one shape, got {shapes}")
     low, high = 1.0 - clip_low, 1.0 + clip_high
-    if not low <= high:  # also catches NaN
-        raise ValueError(f"{name}: the clip range [{low}, {high}] is empty")
+    arrays = cpu_arrays(ratios, advantages)
+    if arrays is not None:  # one compiled pass (pgkit.ops.kernels)
+        r, a = arrays
+        _check(r.shape, a.shape, low, high, name)
+        from pgkit.ops.kernels import surrogate_flat
+
+        dtype = np.promote_types(r.dtype, a.dtype)
+        out = np.empty(r.size, dtype)
+        surrogate_flat(_flat(r, dtype), _flat(a, dtype), low, high, out)
+        return back(out.reshape(r.shape), is_torch(ratios, advantages))
+    r, a = as_tensor(ratios), as_tensor(advantages)
+    _check(tuple(r.shape), tuple(a.shape), low, high, name)
     out = torch.where(a >= 0, a * r.clamp(max=high), a * r.clamp(min=low))
     return give_back(out, is_torch(ratios, advantages))
 
@@ -71,10 +90,24 @@ def compute_gspo_importance_ratios(log_probs_new: Any, log_probs_old: Any, seque
     A sequence of length 0 gets ratio 1, as in stateset-rl-core. Inputs of different lengths are an error
     (stateset-rl-core truncates to the shortest).
     """
+    torch_out = is_torch(log_probs_new, log_probs_old, sequence_lengths)
+    arrays = cpu_arrays(log_probs_new, log_probs_old, sequence_lengths)
+    if arrays is not None:  # one compiled pass (pgkit.ops.kernels)
+        new, old, length = arrays
+        if not new.shape == old.shape == length.shape:
+            raise ValueError(f"log_probs_new, log_probs_old and sequence_lengths must have one shape, got "
+                             f"{new.shape}, {old.shape} and {length.shape}")
+        from pgkit.ops.kernels import sequence_ratio_flat
+
+        dtype = np.promote_types(new.dtype, old.dtype)
+        out = np.empty(new.size, dtype)
+        length = length.astype(new.dtype, copy=False)  # as the tensor path: lengths in the new log-probs' dtype
+        sequence_ratio_flat(_flat(new, dtype), _flat(old, dtype), _flat(length, dtype), out)
+        return back(out.reshape(new.shape), torch_out)
     new, old, length = as_tensor(log_probs_new), as_tensor(log_probs_old), as_tensor(sequence_lengths)
     if not new.shape == old.shape == length.shape:
         raise ValueError(
             f"log_probs_new, log_probs_old and sequence_lengths must have one shape, got "
             f"{tuple(new.shape)}, {tuple(old.shape)} and {tuple(length.shape)}"
         )
-    return give_back(sequence_ratio(new, old, length), is_torch(log_probs_new, log_probs_old, sequence_lengths))
+    return give_back(sequence_ratio(new, old, length), torch_out)
