@@ -1,5 +1,6 @@
 """``pgkit bench`` reports: ``results.csv``, ``results.md`` (mean ± std over seeds beside the suite's published
-figures) and one learning-curve PNG per env, from the records of finished runs."""
+figures; with 3 or more seeds also rliable's IQM and bootstrap intervals, :mod:`pgkit.bench_stats`) and the curves
+per env (mean ± std, and the IQM sample-efficiency curve), from the records of finished runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pgkit.bench_stats import MIN_SEEDS, iqm_markdown, plot_iqm_curves
 
 if TYPE_CHECKING:
     from pgkit.bench import SuiteConfig
@@ -52,6 +55,11 @@ def curve_on_grid(steps: list[int], returns: list[float], grid: np.ndarray) -> n
     return out
 
 
+def curve_grid(total: int) -> np.ndarray:
+    """The 100 env-step points the curves are read at."""
+    return np.linspace(0, total, 101)[1:]
+
+
 def write_reports(suite: SuiteConfig, records: list[dict[str, Any]], out: Path) -> None:
     """``results.csv``, ``results.md`` and ``curve-<env>.png`` from the finished runs' records."""
     records = sorted(records, key=lambda r: (r["algorithm"], r["env"], r["seed"]))
@@ -64,6 +72,11 @@ def write_reports(suite: SuiteConfig, records: list[dict[str, Any]], out: Path) 
         env_records = [r for r in records if r["env"] == env]
         if env_records:
             plot_env_curves(env, env_records, suite.total_timesteps, out / f"curve-{env}.png")
+            grid = curve_grid(suite.total_timesteps)
+            curves = {a: np.array([curve_on_grid(r["curve_steps"], r["curve_returns"], grid)
+                                   for r in env_records if r["algorithm"] == a])
+                      for a in sorted({r["algorithm"] for r in env_records})}
+            plot_iqm_curves(env, curves, grid, out / f"iqm-{env}.png")
 
 
 def results_markdown(suite: SuiteConfig, records: list[dict[str, Any]]) -> str:
@@ -96,6 +109,8 @@ def results_markdown(suite: SuiteConfig, records: list[dict[str, Any]]) -> str:
     lines.append(final + ("\n".join(refs) + "\n" if refs else ""))
     if refs:
         lines.append("Reference rows are published figures at about the same budget, not measured here.\n")
+    if any(c.n >= MIN_SEEDS for c in aggregate(records, "final_return").values()):
+        lines.append(iqm_markdown(records, algos, envs))
     lines.append("## Deterministic evaluation of the final policy, mean ± std over seeds\n")
     lines.append(table("eval_return"))
     lines.append("## Throughput: environment steps per second of training (one process per run)\n")
@@ -109,7 +124,7 @@ def plot_env_curves(env: str, records: list[dict[str, Any]], total: int, path: P
     """Return against env steps for one env: per algorithm, mean over seeds with a ±std band."""
     from pgkit.plotting import return_figure, save_return_figure
 
-    grid = np.linspace(0, total, 101)[1:]
+    grid = curve_grid(total)
     fig, ax = return_figure(height=4.2)
     for algo in sorted({r["algorithm"] for r in records}):
         runs = [r for r in records if r["algorithm"] == algo]

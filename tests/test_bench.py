@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from pgkit.bench import SuiteConfig, last_mean
 from pgkit.bench_report import LAST_EPISODES, aggregate, curve_on_grid, results_markdown, write_reports
+from pgkit.bench_stats import Interval, iqm_interval
 from pgkit.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,28 @@ def test_aggregate_and_markdown_report_mean_std_over_seeds_beside_references():
     assert "| PPO, someone, 3 seeds | 1443 | — |" in md
     assert "trpo" not in md.split("## Deterministic")[0]  # no runs, no row
     assert "| pgkit ppo (1/3 seeds) | 1510 ± 408 | 310 ± 0 |" in md  # eval table
+
+
+def test_iqm_with_bootstrap_interval_from_three_seeds(tmp_path):
+    # IQM of 4 seeds trims one from each end: mean(1500, 2000) = 1750, whatever the outlier at 9000.
+    records = [_record("ppo", "A-v0", s, f) for s, f in enumerate([1000.0, 2000.0, 1500.0, 9000.0], 1)]
+    records += [_record("trpo", "A-v0", s, 10.0 * s) for s in (1, 2)]  # 2 seeds: no IQM
+    interval = iqm_interval([r["final_return"] for r in records[:4]])
+    assert interval.iqm == pytest.approx(1750.0)
+    assert 1000.0 <= interval.low < 1750.0 < interval.high <= 9000.0
+    assert iqm_interval([5.0, 5.0, 5.0]) == Interval(5.0, 5.0, 5.0, 3)
+    md = results_markdown(_suite(), records)
+    section = md.split("interquartile mean")[1].split("## Deterministic")[0]
+    assert f"| pgkit ppo | {interval} |" in section  # only env A has runs
+    assert "| pgkit trpo | — (2 seeds) |" in section
+    write_reports(_suite(), records, tmp_path)
+    assert (tmp_path / "iqm-A-v0.png").stat().st_size > 10_000
+    # fewer than 3 seeds everywhere: mean ± std only, no IQM section or curve
+    few = records[:2]
+    assert "interquartile" not in results_markdown(_suite(), few)
+    (tmp_path / "few").mkdir()
+    write_reports(_suite(), few, tmp_path / "few")
+    assert not (tmp_path / "few" / "iqm-A-v0.png").exists()
 
 
 def test_write_reports_csv_and_one_curve_per_env(tmp_path):
