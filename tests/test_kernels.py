@@ -153,8 +153,8 @@ def _special_values(shape, seed: int) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("case", ["clip", "ppo", "gspo_clip", "gspo_ratio", "group_mean", "group_median",
-                                  "group_min", "group_raw"])
+@pytest.mark.parametrize("case", ["clip", "ppo", "gspo_clip", "gspo_ratio", "gspo_ratio_int", "group_mean",
+                                  "group_median", "group_median_large", "group_min", "group_raw"])
 def test_cpu_loops_equal_the_torch_path(case):
     """Each stateset-style op gives the same numbers from its compiled loop (numpy input) and from its torch code
     (a tensor that needs a gradient), non-finite inputs included."""
@@ -170,7 +170,10 @@ def test_cpu_loops_equal_the_torch_path(case):
         "gspo_clip": lambda x, y: ops.apply_gspo_clipping(x, y, 0.1, 0.3),
         "gspo_ratio": lambda x, y: ops.compute_gspo_importance_ratios(x, y, lengths if isinstance(x, torch.Tensor)
                                                                       else lengths.numpy()),
+        "gspo_ratio_int": lambda x, y: ops.compute_gspo_importance_ratios(
+            x, y, lengths.long() if isinstance(x, torch.Tensor) else lengths.long().numpy()),
         "group_mean": lambda x, y: ops.compute_group_advantages(x, "mean", True),
+        "group_median_large": lambda x, y: ops.compute_group_advantages(x.reshape(8, 64), "median", True),
         "group_median": lambda x, y: ops.compute_group_advantages(x, "median", True),
         "group_min": lambda x, y: ops.compute_group_advantages(x, "min", True),
         "group_raw": lambda x, y: ops.compute_group_advantages(x, "median", False),
@@ -180,3 +183,20 @@ def test_cpu_loops_equal_the_torch_path(case):
     traced = calls[case](a.clone().requires_grad_(), b.clone().requires_grad_())
     assert isinstance(traced, torch.Tensor) and traced.requires_grad  # the torch path, not the loop
     np.testing.assert_allclose(looped, traced.detach().numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("prior", [(0.0, 1.0, 0), (0.3, 2.0, 50), (torch.inf, 1.0, 3), (torch.nan, 1.0, 0)])
+@pytest.mark.parametrize("special", [False, True])
+def test_normalize_rewards_loop_equals_the_torch_path(prior, special):
+    import numpy as np
+
+    import pgkit.ops as ops
+
+    x = _special_values((500,), 4) if special else torch.randn(500, dtype=torch.float64) * 1e3
+    looped = ops.normalize_rewards(x.numpy(), *prior)
+    traced = ops.normalize_rewards(x.clone().requires_grad_(), *prior)
+    assert isinstance(looped[0], np.ndarray) and traced[0].requires_grad
+    np.testing.assert_allclose(looped[0], traced[0].detach().numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+    moments = [float(traced[1].detach()), float(traced[2].detach())]
+    np.testing.assert_allclose(looped[1:3], moments, rtol=1e-12, equal_nan=True)
+    assert looped[3] == traced[3] == prior[2] + 500

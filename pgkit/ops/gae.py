@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pgkit.ops._arrays import as_tensor, cpu_array, cpu_arrays, fits_cpu_loops, float_dtype, give_back, is_torch
+from pgkit.ops._arrays import as_tensor, cpu_array, fits_cpu_loops, float_dtype, give_back, is_torch
 from pgkit.ops.scan import discounted_reverse_cumsum, padded_length
 
 
@@ -192,6 +192,13 @@ def _split_values(values: Tensor, steps: int) -> tuple[Tensor, Tensor]:
     raise ValueError(f"values must have n + 1 = {steps + 1} entries (or n = {steps}), got {values.shape[-1]}")
 
 
+def _kernel(name: str) -> Any:
+    """A compiled loop of :mod:`pgkit.ops.kernels`, imported on first use (numba loads only when an op runs)."""
+    from pgkit.ops import kernels
+
+    return getattr(kernels, name)
+
+
 def compute_gae(rewards: Any, values: Any, gamma: float = 0.99, gae_lambda: float = 0.95) -> Any:
     """GAE advantages of one trajectory (stateset-rl-core's ``compute_gae``).
 
@@ -200,21 +207,24 @@ def compute_gae(rewards: Any, values: Any, gamma: float = 0.99, gae_lambda: floa
     (computed in the wider of the two). Infinite and NaN inputs give what the step-by-step recursion gives in IEEE
     arithmetic, as stateset-rl-core. Unlike stateset-rl-core, other lengths of ``values`` are an error.
     """
-    torch_out = is_torch(rewards, values)
-    arrays = cpu_arrays(rewards, values)
-    if arrays is not None:  # one compiled pass (pgkit.ops.kernels)
-        r, v = arrays
+    torch_out = isinstance(rewards, Tensor) or isinstance(values, Tensor)
+    r, v = cpu_array(rewards), cpu_array(values)
+    if r is not None and v is not None:  # one compiled pass (pgkit.ops.kernels)
         if r.ndim != 1 or v.ndim != 1:
             raise ValueError(f"compute_gae takes 1-D rewards and values, got shapes {r.shape} and {v.shape}")
-        if v.shape[0] not in (r.shape[0], r.shape[0] + 1):
-            raise ValueError(f"values must have n + 1 = {r.shape[0] + 1} entries (or n = {r.shape[0]}), "
-                             f"got {v.shape[0]}")
-        from pgkit.ops.kernels import gae_trajectory
+        n = r.shape[0]
+        if v.shape[0] != n + 1 and v.shape[0] != n:
+            raise ValueError(f"values must have n + 1 = {n + 1} entries (or n = {n}), got {v.shape[0]}")
+        gae_trajectory = _kernel("gae_trajectory")
 
-        dtype = np.promote_types(r.dtype, v.dtype)
-        out = np.empty(r.shape[0], dtype)
-        gae_trajectory(r.astype(dtype, copy=False), v.astype(dtype, copy=False), gamma, gae_lambda, out)
-        out = out.astype(r.dtype, copy=False)
+        if r.dtype != v.dtype:  # computed in the wider, returned in the rewards' dtype
+            dtype = np.promote_types(r.dtype, v.dtype)
+            out = np.empty(r.shape[0], dtype)
+            gae_trajectory(r.astype(dtype), v.astype(dtype), gamma, gae_lambda, out)
+            out = out.astype(r.dtype)
+        else:
+            out = np.empty(r.shape[0], r.dtype)
+            gae_trajectory(r, v, gamma, gae_lambda, out)
         return torch.from_numpy(out) if torch_out else out
     r, v = as_tensor(rewards), as_tensor(values)
     if r.ndim != 1 or v.ndim != 1:
@@ -232,10 +242,10 @@ def batch_compute_gae(
     """:func:`compute_gae` for many trajectories (stateset-rl-core's ``batch_compute_gae``).
 
     ``all_rewards`` and ``all_values`` are sequences of 1-D arrays of any lengths, or 2-D arrays with a trajectory
-    per row. On CPU they are packed end to end and solved in one compiled pass; CUDA tensors are packed into one
-    zero-padded ``[B, T_max]`` batch for the blocked scan (zeros after a trajectory's end add nothing to its
-    advantages). Either way in the widest dtype among them; each returned array has its own rewards' dtype and,
-    where that is the batch's, is a view into one result buffer.
+    per row. On CPU each is solved by one compiled pass; CUDA tensors are packed into one zero-padded ``[B, T_max]``
+    batch for the blocked scan (zeros after a trajectory's end add nothing to its advantages), and the results are
+    views into one buffer. Either way in the widest dtype among them; each returned array has its own rewards'
+    dtype.
     """
     if len(all_rewards) != len(all_values):
         raise ValueError(f"got {len(all_rewards)} reward arrays but {len(all_values)} value arrays")
@@ -272,43 +282,29 @@ def batch_compute_gae(
 
 
 def _batch_loop(all_rewards: Any, all_values: Any, gamma: float, gae_lambda: float, torch_out: bool) -> list[Any]:
-    """:func:`batch_compute_gae` on CPU: the trajectories end to end in one buffer, one compiled pass over them."""
-    from pgkit.ops.kernels import gae_trajectories
+    """:func:`batch_compute_gae` on CPU: one compiled pass per trajectory, into memory of its own.
 
-    def flat(rows: Any, name: str) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray]:
-        if isinstance(rows, (np.ndarray, Tensor)) and rows.ndim == 2:  # a table: its rows, without copying
-            table = cpu_array(rows)
-            return table, np.arange(table.shape[0] + 1) * table.shape[1]
-        arrays = [cpu_array(x) for x in rows]
-        for i, a in enumerate(arrays):
-            if a.ndim != 1:
-                raise ValueError(f"{name} {i}: each trajectory must be 1-D, got shape {a.shape}")
-        return arrays, np.concatenate([[0], np.cumsum([a.shape[0] for a in arrays])])
-
-    rewards, starts = flat(all_rewards, "rewards")
-    values, value_starts = flat(all_values, "values")
-    lengths, value_lengths = np.diff(starts), np.diff(value_starts)
-    bad = np.flatnonzero((value_lengths != lengths) & (value_lengths != lengths + 1))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"trajectory {i}: {lengths[i]} rewards need {lengths[i] + 1} values (or {lengths[i]}), "
-                         f"got {value_lengths[i]}")
-    dtypes = [rewards.dtype] * len(lengths) if isinstance(rewards, np.ndarray) else [a.dtype for a in rewards]
-    value_dtypes = {values.dtype} if isinstance(values, np.ndarray) else {a.dtype for a in values}
-    dtype = np.result_type(*{*dtypes, *value_dtypes})
-
-    def packed(rows: list[np.ndarray] | np.ndarray) -> np.ndarray:
-        if isinstance(rows, np.ndarray):
-            return np.ascontiguousarray(rows, dtype=dtype).reshape(-1)
-        return np.concatenate(rows, dtype=dtype, casting="same_kind") if rows else np.empty(0, dtype)
-
-    flat_rewards = packed(rewards)
-    out = np.empty_like(flat_rewards)
-    gae_trajectories(flat_rewards, packed(values), starts, value_starts, gamma, gae_lambda, out)
-    result = [out[a:b] if d == dtype else out[a:b].astype(d) for a, b, d in zip(starts[:-1], starts[1:], dtypes,
-                                                                                  strict=True)]
-    return [torch.from_numpy(x) for x in result] if torch_out else result
-
+    Row by row rather than packed: packing copies the whole batch into fresh memory at every call, and the page
+    faults of that copy cost several times the arithmetic (measured: 2.4 ms to pack 256 x 1000 rewards and values,
+    0.4 ms to solve them).
+    """
+    gae_trajectory = _kernel("gae_trajectory")
+    rewards = [cpu_array(x) for x in all_rewards]
+    values = [cpu_array(x) for x in all_values]
+    dtype = np.result_type(*{x.dtype for x in rewards}, *{x.dtype for x in values})
+    results = []
+    for i, (r, v) in enumerate(zip(rewards, values, strict=True)):
+        n = r.shape[0] if r.ndim == 1 else -1
+        if v.ndim != 1 or (v.shape[0] != n + 1 and v.shape[0] != n) or n < 0:
+            if r.ndim != 1 or v.ndim != 1:
+                raise ValueError(f"trajectory {i}: rewards and values must be 1-D, got shapes {r.shape} and "
+                                 f"{v.shape}")
+            raise ValueError(f"trajectory {i}: {n} rewards need {n + 1} values (or {n}), got {v.shape[0]}")
+        out = np.empty(n, dtype)
+        gae_trajectory(r if r.dtype == dtype else r.astype(dtype), v if v.dtype == dtype else v.astype(dtype),
+                       gamma, gae_lambda, out)
+        results.append(out if r.dtype == dtype else out.astype(r.dtype))
+    return [torch.from_numpy(x) for x in results] if torch_out else results
 
 def _rows(rows: Any, torch_out: bool) -> tuple[Any, list[int], list[Any]]:
     """``rows`` ready for :func:`_pad` (a 2-D array or tensor, or a list of 1-D ones), each row's length and dtype.

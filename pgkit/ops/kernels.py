@@ -134,10 +134,19 @@ def group_advantages_rows(x, kind, normalize, out):  # pragma: no cover - compil
             base = total / size
         elif has_nan:
             base = np.nan
-        elif kind == 1:
+        elif kind == 1 and size > 32:
             for j in range(size):
                 ordered[j] = x[g, j]
             ordered.sort()
+            base = (ordered[(size - 1) // 2] + ordered[size // 2]) / 2
+        elif kind == 1:
+            for j in range(size):  # insertion sort: small groups, where np.sort's setup costs more
+                v = x[g, j]
+                k = j
+                while k > 0 and ordered[k - 1] > v:
+                    ordered[k] = ordered[k - 1]
+                    k -= 1
+                ordered[k] = v
             base = (ordered[(size - 1) // 2] + ordered[size // 2]) / 2
         else:
             base = x[g, 0]
@@ -158,6 +167,41 @@ def group_advantages_rows(x, kind, normalize, out):  # pragma: no cover - compil
             if std > 1e-8:
                 for j in range(size):
                     out[g, j] = (out[g, j] - mean) / (std + 1e-8)
+
+
+@njit(cache=True, nogil=True)
+def scaled_moments(x):  # pragma: no cover - compiled
+    """``(mean, var / scale**2, scale)`` of a non-empty 1-D array, as :func:`pgkit.ops.rewards._moments`: ``scale``
+    is the power of two at or below the largest magnitude (1 if that is 0, infinite or NaN), the mean is IEEE's
+    ``sum / n`` of ``x / scale`` times ``scale``, the variance two-pass, and NaN when the mean is not finite."""
+    n = x.shape[0]
+    big = 0.0
+    for i in range(n):
+        a = abs(x[i])
+        if a > big or a != a:
+            big = a
+            if a != a:
+                break
+    scale = 2.0 ** np.floor(np.log2(big)) if (big > 0 and big < np.inf) else 1.0
+    total = 0.0
+    for i in range(n):
+        total += x[i] / scale
+    mean = total / n
+    if not np.isfinite(mean):
+        return mean * scale, np.nan, scale
+    squares = 0.0
+    for i in range(n):
+        d = x[i] / scale - mean
+        squares += d * d
+    return mean * scale, squares / n, scale
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def standardize_flat(x, mean, var_eps, out):  # pragma: no cover - compiled
+    """``out = (x - mean) / sqrt(var_eps)`` (IEEE: a variance of 0 gives infinities, NaN stays NaN)."""
+    inv = 1.0 / np.sqrt(var_eps)
+    for i in range(x.shape[0]):
+        out[i] = (x[i] - mean) * inv
 
 
 def empty_like_layout(x: np.ndarray) -> np.ndarray:

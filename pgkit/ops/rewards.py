@@ -42,8 +42,11 @@ def normalize_rewards(
     """
     if count < 0:
         raise ValueError(f"normalize_rewards needs count >= 0, got {count}")
-    r = as_tensor(rewards)
     torch_out = is_torch(rewards)
+    arrays = cpu_arrays(rewards)
+    if arrays is not None and arrays[0].size > 0:  # compiled single-thread passes (pgkit.ops.kernels)
+        return _normalize_loop(arrays[0], running_mean, running_var, count, epsilon, torch_out)
+    r = as_tensor(rewards)
     n = r.numel()
     if n == 0:
         return give_back(r.clone(), torch_out), running_mean, running_var, count
@@ -58,6 +61,33 @@ def normalize_rewards(
     normalized = (r - mean).mul_((var + epsilon).rsqrt())
     return give_back(normalized, torch_out), scalar_back(mean, torch_out), scalar_back(var, torch_out), int(total)
 
+
+
+def _normalize_loop(
+    x: np.ndarray, running_mean: Any, running_var: Any, count: int, epsilon: float, torch_out: bool
+) -> tuple[Any, Any, Any, int]:
+    """:func:`normalize_rewards` on CPU: the moments and the standardisation as compiled loops, the merge of the
+    moments in float64 scalars, with the same IEEE rules as the tensor code."""
+    from pgkit.ops.kernels import scaled_moments, standardize_flat
+
+    flat = np.ascontiguousarray(x).reshape(-1)
+    n = flat.shape[0]
+    batch_mean, batch_var, scale = scaled_moments(flat)
+    prior_mean, prior_var = np.float64(running_mean), np.float64(running_var)
+    total = count + n
+    with np.errstate(all="ignore"):  # IEEE results (inf, NaN) are the point, not warnings
+        mean = prior_mean * (count / total) + batch_mean * (n / total)  # weights: inf + 1 is inf
+        delta = batch_mean - prior_mean
+        m2 = prior_var * count + batch_var * scale * scale * n + delta * (delta * (count * n / total))
+        var = m2 / total if np.isfinite(mean) else np.float64(np.nan)
+        out = np.empty_like(flat)
+        standardize_flat(flat, float(mean), float(var + epsilon), out)
+    normalized = out.reshape(x.shape)
+    if torch_out:
+        dtype = torch.from_numpy(flat[:0]).dtype
+        return (torch.from_numpy(normalized), torch.tensor(float(mean), dtype=dtype),
+                torch.tensor(float(var), dtype=dtype), int(total))
+    return normalized, float(mean), float(var), int(total)
 
 def clip_rewards(rewards: Any, min_val: float, max_val: float) -> Any:
     """Clamp every reward into ``[min_val, max_val]`` (NaN stays NaN).

@@ -91,9 +91,11 @@ def compute_gspo_importance_ratios(log_probs_new: Any, log_probs_old: Any, seque
     (stateset-rl-core truncates to the shortest).
     """
     torch_out = is_torch(log_probs_new, log_probs_old, sequence_lengths)
-    arrays = cpu_arrays(log_probs_new, log_probs_old, sequence_lengths)
+    integer_lengths = type(sequence_lengths) is np.ndarray and sequence_lengths.dtype.kind in "iu"
+    arrays = cpu_arrays(log_probs_new, log_probs_old, 0.0 if integer_lengths else sequence_lengths)
     if arrays is not None:  # one compiled pass (pgkit.ops.kernels)
         new, old, length = arrays
+        length = sequence_lengths if integer_lengths else length
         if not new.shape == old.shape == length.shape:
             raise ValueError(f"log_probs_new, log_probs_old and sequence_lengths must have one shape, got "
                              f"{new.shape}, {old.shape} and {length.shape}")
@@ -101,8 +103,9 @@ def compute_gspo_importance_ratios(log_probs_new: Any, log_probs_old: Any, seque
 
         dtype = np.promote_types(new.dtype, old.dtype)
         out = np.empty(new.size, dtype)
-        length = length.astype(new.dtype, copy=False)  # as the tensor path: lengths in the new log-probs' dtype
-        sequence_ratio_flat(_flat(new, dtype), _flat(old, dtype), _flat(length, dtype), out)
+        if not (integer_lengths and new.dtype == np.float64):  # float64 holds every length the loop reads exactly
+            length = _flat(length.astype(new.dtype, copy=False), dtype)  # as the tensor path: in new's dtype
+        sequence_ratio_flat(_flat(new, dtype), _flat(old, dtype), np.ascontiguousarray(length).reshape(-1), out)
         return back(out.reshape(new.shape), torch_out)
     new, old, length = as_tensor(log_probs_new), as_tensor(log_probs_old), as_tensor(sequence_lengths)
     if not new.shape == old.shape == length.shape:
