@@ -118,7 +118,7 @@ def main() -> None:
     import yaml
 
     fast = yaml.safe_load((ROOT / args.fast_config).read_text())
-    fast_envs, fast_vec = fast["env"]["num_envs"], fast["env"].get("vectorization", "sync")
+    fast_envs, fast_vec = fast["env"]["num_envs"], fast["env"].get("backend", "sync")
 
     print(f"# {args.env}, {args.steps} steps per learner, torch threads {args.threads}, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, {args.repeats} alternating repeats")

@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any, Literal
 
 import gymnasium as gym
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from pgkit.algorithms.configs import A2CConfig, GRPOConfig, PPOConfig, ReinforceConfig, TRPOConfig, VMPOConfig
 from pgkit.distributions import DistributionName, LogStdMode, allowed_distributions, make_head
@@ -52,8 +52,10 @@ class EnvConfig(BaseModel):
     """A registered gymnasium id (e.g. ``HalfCheetah-v5``) or a ``module:Class`` entry point."""
     num_envs: int = Field(1, ge=1, le=4096)
     """Parallel sub-environments per process."""
-    vectorization: Vectorization = "sync"
-    """``sync`` steps sub-envs in this process; ``async`` runs each in its own process."""
+    backend: Vectorization = Field("sync", validation_alias=AliasChoices("backend", "vectorization"))
+    """How the sub-envs step: ``sync`` all in this process; ``async`` each in its own process (gymnasium's
+    ``AsyncVectorEnv``); ``split`` in two halves at the same time, one here and one in a worker process (uses two
+    cores; needs ``num_envs`` of at least 2). ``env.vectorization``, its former name, is still read."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments passed to ``gymnasium.make``."""
     max_episode_steps: PositiveInt | None = None
@@ -276,6 +278,9 @@ class ExperimentConfig(BaseModel):
         batch = algo.num_steps * env.num_envs
         num_minibatches = getattr(algo, "num_minibatches", 1)
         algo.check_common(self)
+        if env.backend == "split" and env.num_envs < 2:
+            raise ValueError(f"env.backend: 'split' steps two halves of the sub-envs; set env.num_envs to at least 2 "
+                             f"(got {env.num_envs})")
         self.policy.check()
         self.trainer.check()
         self.logger.check()

@@ -65,7 +65,7 @@ class Collector:
     def open(self, rank: int) -> None:
         """Make this rank's vector env and reset it with the run's seeds (rank r's sub-env i: seed + r * N + i)."""
         m, env_cfg = self.module, self.module.cfg.env
-        self.envs = make_vec_env(env_cfg.id, m.num_envs, env_cfg.vectorization, env_cfg.kwargs,
+        self.envs = make_vec_env(env_cfg.id, m.num_envs, env_cfg.backend, env_cfg.kwargs,
                                  env_cfg.max_episode_steps)
         seeds = seed_list(m.cfg.trainer.seed, m.num_envs, offset=rank * m.num_envs)
         self.reset(seeds)

@@ -14,7 +14,9 @@ import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode
 
-Vectorization = Literal["sync", "async"]
+Vectorization = Literal["sync", "async", "split"]
+"""How sub-envs step: ``sync`` (this process), ``async`` (a process each), ``split`` (two halves at once, one in a
+worker process; :mod:`pgkit.environments.split`)."""
 
 _log = logging.getLogger("pgkit.mujoco")
 
@@ -158,8 +160,13 @@ def make_vec_env(
     fns: list[Callable[[], gym.Env]] = [
         functools.partial(_make_indexed, env_id, kwargs, max_episode_steps, i) for i in range(num_envs)
     ]
-    cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
-    envs = cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    if vectorization == "split":
+        from pgkit.environments.split import SplitVectorEnv
+
+        envs: gym.vector.VectorEnv = SplitVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    else:
+        cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
+        envs = cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
