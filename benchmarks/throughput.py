@@ -9,8 +9,9 @@ Trainer set-up and a checkpoint every iteration; SB3: env, ``VecNormalize`` and 
 with MLflow logging and evaluation off. The two alternate ``--repeats`` times; medians are reported. Also printed:
 
 - the raw SPS of the same env stepped with random actions (the physical limit of one env in one process);
-- pgkit's fastest preset (``configs/ppo-fast.yaml``), beside the raw SPS of the same vector env with random
-  actions.
+- pgkit's fastest preset (``configs/ppo-fast.yaml``) against SB3 PPO with the same shape (sub-envs, rollout length,
+  epochs, minibatch size, hyperparameters), alternating as above, beside the raw SPS of the same vector env with
+  random actions.
 
 Each measurement runs in a fresh process (``spawn``), so none inherits another's threads, caches or allocator.
 """
@@ -47,8 +48,11 @@ def raw_env_sps(env_id: str, num_envs: int, vectorization: str, steps: int) -> f
     return iterations * num_envs / elapsed
 
 
-def sb3_ppo_sps(env_id: str, steps: int, threads: int, seed: int) -> float:
-    """SB3 PPO with the shared hyperparameters (its MlpPolicy default is [64, 64] tanh, orthogonal init)."""
+def sb3_ppo_sps(
+    env_id: str, steps: int, threads: int, seed: int, n_envs: int = 1, n_steps: int = 2048, batch_size: int = 64
+) -> float:
+    """SB3 PPO with the shared hyperparameters (its MlpPolicy default is [64, 64] tanh, orthogonal init); its sub-envs
+    in one process (``DummyVecEnv``: on 2 cores its ``SubprocVecEnv`` of one process per env is slower)."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -56,12 +60,12 @@ def sb3_ppo_sps(env_id: str, steps: int, threads: int, seed: int) -> float:
 
     torch.set_num_threads(threads)
     start = time.perf_counter()  # from construction, as pgkit's figure (which includes building its Trainer)
-    env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), norm_obs=True, norm_reward=True, gamma=0.99)
+    env = VecNormalize(make_vec_env(env_id, n_envs=n_envs, seed=seed), norm_obs=True, norm_reward=True, gamma=0.99)
     model = PPO(
         "MlpPolicy",
         env,
-        n_steps=2048,
-        batch_size=64,
+        n_steps=n_steps,
+        batch_size=batch_size,
         n_epochs=10,
         learning_rate=3e-4,
         gamma=0.99,
@@ -141,8 +145,23 @@ def main() -> None:
     rawn = statistics.median(isolated(raw_env_sps, args.env, fast_envs, fast_vec, 80000) for _ in range(3))
     rows.append((f"raw vector env, {fast_envs} {fast_vec} envs, random actions (median of 3)", rawn))
     fast_threads = fast["trainer"]["torch_threads"]
-    pf = isolated(pgkit_sps, args.fast_config, [f"env.id={args.env}"], args.fast_steps, fast_threads)
-    rows.append((f"pgkit PPO fast preset ({args.fast_config})", pf))
+    algo = fast["algorithm"]
+    shape = dict(n_envs=fast_envs, n_steps=algo["num_steps"],
+                 batch_size=algo["num_steps"] * fast_envs // algo["num_minibatches"])
+    pfs, sb3fs = [], []
+    for _ in range(args.repeats):
+        pfs.append(isolated(pgkit_sps, args.fast_config, [f"env.id={args.env}"], args.fast_steps, fast_threads))
+        if not args.skip_sb3:
+            sb3fs.append(isolated(sb3_ppo_sps, args.env, args.fast_steps, fast_threads, args.seed, **shape))
+    pf = statistics.median(pfs)
+    runs = ", ".join(f"{v:.0f}" for v in pfs)
+    rows.append((f"pgkit PPO fast preset ({args.fast_config}, backend {fast_vec}), median of [{runs}]", pf))
+    sb3f = None
+    if sb3fs:
+        sb3f = statistics.median(sb3fs)
+        runs = ", ".join(f"{v:.0f}" for v in sb3fs)
+        rows.append((f"SB3 PPO, the fast preset's shape ({fast_envs} envs, {algo['num_steps']} steps, minibatches of "
+                     f"{shape['batch_size']}), median of [{runs}]", sb3f))
 
     width = max(len(name) for name, _ in rows)
     for name, sps in rows:
@@ -150,6 +169,8 @@ def main() -> None:
     if sb3 is not None:
         print(f"pgkit / SB3 (same hyperparameters): {pg / sb3:.2f}x")
     print(f"pgkit / raw env (1 env): {pg / raw1:.0%}")
+    if sb3f is not None:
+        print(f"pgkit fast preset / SB3 with its shape: {pf / sb3f:.2f}x")
     print(f"pgkit fast preset / raw vector env: {pf / rawn:.0%}")
 
 

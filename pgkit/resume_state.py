@@ -10,8 +10,8 @@ Random numbers need no saving: every iteration seeds the global generators (and 
   created with mode 0600). ``--resume`` loads only sidecars whose signature verifies: your own runs resume
   exactly; a sidecar from anyone else is never unpickled (the run resumes with freshly reset envs and says so).
 
-Only ``SyncVectorEnv`` can be saved (``AsyncVectorEnv``'s sub-envs live in other processes): async runs resume
-with freshly reset envs.
+``sync`` and ``split`` vector envs are saved (the split backend fetches its worker's half); ``AsyncVectorEnv``'s
+sub-envs live in one process each and are not, so async runs resume with freshly reset envs.
 """
 
 from __future__ import annotations

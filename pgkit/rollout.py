@@ -37,6 +37,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from pgkit.environments import make_vec_env, seed_list
+from pgkit.environments.split import SplitVectorEnv
 from pgkit.errors import TrainingError
 from pgkit.networks.fused import fuse
 from pgkit.resume_state import load_env_state, save_env_state, sidecar_path
@@ -226,8 +227,8 @@ class Collector:
     # ------------------------------------------------------------------------------------- exact resume state
     def save(self, checkpoint: Path, rank: int) -> None:
         """Write the vector env, the next observation and the recurrent state next to ``checkpoint`` (see
-        :mod:`pgkit.resume_state`; sync vector envs only)."""
-        if not isinstance(self.envs.unwrapped if self.envs is not None else None, SyncVectorEnv):
+        :mod:`pgkit.resume_state`; sync and split vector envs)."""
+        if not isinstance(self.envs.unwrapped if self.envs is not None else None, (SyncVectorEnv, SplitVectorEnv)):
             return
         path = sidecar_path(checkpoint, rank)
         if self.unsaveable:

@@ -23,6 +23,14 @@ CASES = {
          "algorithm.update_epochs=2", "trainer.total_timesteps=768", "eval.every_n_iterations=2", "eval.episodes=2"],
         6, 3,
     ),
+    # env.backend: split: the worker's half of the sub-envs is fetched into the sidecar and restored into a new worker
+    "ppo-inverted-pendulum-split-backend": (
+        "ppo.yaml",
+        ["env.id=InvertedPendulum-v5", "env.num_envs=3", "env.backend=split", "algorithm.num_steps=64",
+         "algorithm.num_minibatches=4", "algorithm.update_epochs=2", "trainer.total_timesteps=1152",
+         "eval.every_n_iterations=2", "eval.episodes=2"],
+        6, 3,
+    ),
     "a2c-inverted-pendulum": (
         "a2c.yaml",
         ["env.id=InvertedPendulum-v5", "env.num_envs=2", "algorithm.num_steps=16", "policy.actor_hidden=[32, 32]",

@@ -59,3 +59,17 @@ def test_split_worker_errors_reach_the_caller():
 
     with pytest.raises(RuntimeError, match="cannot build this env"):
         SplitVectorEnv([lambda: __import__("gymnasium").make("CartPole-v1"), broken])
+
+
+def test_split_needs_two_envs_and_the_old_key_still_reads(tmp_path, capsys):
+    from pgkit.cli import main
+    from pgkit.config_loading import load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("algorithm: {name: ppo}\nenv: {id: CartPole-v1, num_envs: 1, backend: split}\n")
+    assert main(["validate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "env.backend" in err and "num_envs" in err and len(err.splitlines()) == 1
+    # the key's name before env.backend
+    config.write_text("algorithm: {name: ppo}\nenv: {id: CartPole-v1, num_envs: 4, vectorization: split}\n")
+    assert load_config(config, []).env.backend == "split"

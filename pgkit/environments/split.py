@@ -9,13 +9,17 @@ MuJoCo tasks are gym's v4 models, not gymnasium's v5.
 
 The two halves behave as one ``SyncVectorEnv`` of all the sub-envs: the same observations, rewards, flags and
 infos (``final_obs``, episode statistics), same-step autoreset, and seeds split as ``SyncVectorEnv`` gives them.
-The vector env cannot be pickled (its worker is a process), so a resumed run starts from freshly reset envs, as with
-``async``.
+Pickling it fetches the worker's half, and unpickling starts a new worker with it, so checkpoints keep the env
+state and a resumed run continues exactly, as with ``sync``.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -49,34 +53,50 @@ class _Shared:
                 for k, (shape, dtype) in self.layout.items()}
 
 
-SPIN_S = 0.002
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+SPIN_S = 0.002 if _cores() > 1 else 0.0
 """How long a side polls for the other's message before it blocks. Blocking lets the OS park the core, and waking a
 parked core cost about 150 us per step on this project's 2-core VM; the envs step every few hundred microseconds
-during a rollout, and between rollouts the wait blocks after 2 ms."""
+during a rollout, and between rollouts the wait blocks after 2 ms. On one core, polling would only take the time
+from the process it waits for, so it blocks at once."""
 
 
-def _wait(conn) -> None:
-    """Return when ``conn`` has a message: poll for up to :data:`SPIN_S`, then block."""
+def _wait(conn, parent: int | None = None) -> None:
+    """Return when ``conn`` has a message: poll for up to :data:`SPIN_S`, then block. With ``parent`` (in the
+    worker), raise ``EOFError`` once that process is gone: other forked children may hold copies of its end of the
+    pipe, so the pipe alone never reports it."""
     deadline = time.perf_counter() + SPIN_S
     while not conn.poll():
         if time.perf_counter() > deadline:
-            conn.poll(None)
+            while not conn.poll(1.0):
+                if parent is not None and os.getppid() != parent:
+                    raise EOFError("the parent process is gone")
             return
 
 
 def _worker(  # pragma: no cover - runs in the worker process
-    conn, env_fns: CloudpickleWrapper, autoreset_mode: AutoresetMode, shared: _Shared | None
+    conn, source: CloudpickleWrapper | bytes, autoreset_mode: AutoresetMode, shared: _Shared | None
 ) -> None:
     """Serve ``reset``, ``step`` and ``close`` for one half; an exception is sent back as text, then the worker
     waits for ``close``. With ``shared`` buffers a step reads its actions from them and writes its results there,
     and only the info dict (usually empty) crosses the pipe."""
+    # The fork copied the parent's signal handlers (pgkit's and Lightning's SIGTERM handlers only set a flag): restore
+    # the default, so terminate() ends this process; Ctrl-C is the parent's to handle, and it closes the worker.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     envs = None
     try:
-        envs = SyncVectorEnv(env_fns.fn, autoreset_mode=autoreset_mode)
+        # its half from the sub-env constructors, or as a checkpoint saved it (exact resume)
+        envs = pickle.loads(source) if isinstance(source, bytes) else SyncVectorEnv(source.fn,
+                                                                                    autoreset_mode=autoreset_mode)
         views = shared.views() if shared is not None else None
         conn.send(("ok", None))
+        parent = os.getppid()
         while True:
-            _wait(conn)
+            _wait(conn, parent)
             command, data = conn.recv()
             if command == "close":
                 break
@@ -86,11 +106,15 @@ def _worker(  # pragma: no cover - runs in the worker process
                     views["obs"][:], views["reward"][:] = obs, reward
                     views["terminated"][:], views["truncated"][:] = terminated, truncated
                     result = info or None
+                elif command == "get_state":
+                    result = pickle.dumps(envs, protocol=pickle.HIGHEST_PROTOCOL)
                 else:
                     result = envs.step(data) if command == "step" else envs.reset(**data)
                 conn.send(("ok", result))
             except Exception as exc:  # the parent raises it, with the worker's traceback
                 conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    except EOFError:  # the parent is gone: nothing to answer
+        pass
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     finally:
@@ -137,27 +161,30 @@ class SplitVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"the split backend needs at least 2 sub-envs, got {len(env_fns)}")
         self.num_envs = len(env_fns)
         self._half = (self.num_envs + 1) // 2
+        self._autoreset_mode = autoreset_mode
         self._local = SyncVectorEnv(env_fns[: self._half], autoreset_mode=autoreset_mode)
-        # forkserver: a forked child of a process with torch's threads running can deadlock
-        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        self._start(CloudpickleWrapper(list(env_fns[self._half :])))
+
+    def _start(self, source: CloudpickleWrapper | bytes) -> None:
+        """Start the worker with its half (constructors, or a pickled ``SyncVectorEnv``) and set the spaces."""
+        # fork on Linux, as gymnasium's AsyncVectorEnv: the worker only steps envs (no torch, no CUDA), and unlike
+        # spawn and forkserver it does not import the caller's main module again, so scripts need no main guard.
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         obs_space, act_space = self._local.single_observation_space, self._local.single_action_space
         shared = None
         if isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, (gym.spaces.Box, gym.spaces.Discrete)):
             shared = _Shared(ctx, self.num_envs - self._half, obs_space, act_space)
         self._views = shared.views() if shared is not None else None
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(
-            target=_worker, args=(child, CloudpickleWrapper(list(env_fns[self._half :])), autoreset_mode, shared),
-            daemon=True, name="pgkit-split-envs",
-        )
+        self._process = ctx.Process(target=_worker, args=(child, source, self._autoreset_mode, shared), daemon=True,
+                                    name="pgkit-split-envs")
         self._process.start()
         child.close()
         self._receive()  # the worker built its half, or says why not
-        self.single_observation_space = self._local.single_observation_space
-        self.single_action_space = self._local.single_action_space
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.metadata = {**self._local.metadata, "autoreset_mode": autoreset_mode}
+        self.single_observation_space, self.single_action_space = obs_space, act_space
+        self.observation_space = batch_space(obs_space, self.num_envs)
+        self.action_space = batch_space(act_space, self.num_envs)
+        self.metadata = {**self._local.metadata, "autoreset_mode": self._autoreset_mode}
         self.render_mode = self._local.render_mode
         self.spec = self._local.spec
 
@@ -207,7 +234,16 @@ class SplitVectorEnv(gym.vector.VectorEnv):
         self._conn.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        raise TypeError("a SplitVectorEnv holds a worker process and cannot be pickled")
+        """Both halves' envs, the worker's fetched from it: what a checkpoint's env-state sidecar needs."""
+        self._conn.send(("get_state", None))
+        return {"local": self._local, "remote": self._receive(), "num_envs": self.num_envs, "half": self._half,
+                "autoreset_mode": self._autoreset_mode, "action_space_rng": self.action_space._np_random}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.num_envs, self._half = state["num_envs"], state["half"]
+        self._autoreset_mode, self._local = state["autoreset_mode"], state["local"]
+        self._start(state["remote"])
+        self.action_space._np_random = state["action_space_rng"]  # Space has no public setter
 
 
 def _part(actions: Any, part: slice) -> Any:
