@@ -152,7 +152,7 @@ def main() -> None:
     for _ in range(args.repeats):
         pfs.append(isolated(pgkit_sps, args.fast_config, [f"env.id={args.env}"], args.fast_steps, fast_threads))
         if not args.skip_sb3:
-            sb3fs.append(isolated(sb3_ppo_sps, args.env, args.fast_steps, fast_threads, args.seed, **shape))
+            sb3fs.append(isolated(sb3_ppo_sps, args.env, args.fast_steps, fast_threads, args.seed, *shape.values()))
     pf = statistics.median(pfs)
     runs = ", ".join(f"{v:.0f}" for v in pfs)
     rows.append((f"pgkit PPO fast preset ({args.fast_config}, backend {fast_vec}), median of [{runs}]", pf))
