@@ -107,6 +107,15 @@ def pgkit_sps(config: str, overrides: list[str], steps: int, threads: int) -> fl
     return result.env_steps / elapsed
 
 
+def median_row(rows: list[tuple[str, float]], label: str, values: list[float]) -> float | None:
+    """Append ``label`` with the median of ``values`` and the values themselves; the median (None if none ran)."""
+    if not values:
+        return None
+    median = statistics.median(values)
+    rows.append((f"{label}, median of [{', '.join(f'{v:.0f}' for v in values)}]", median))
+    return median
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="HalfCheetah-v5")
@@ -134,14 +143,8 @@ def main() -> None:
         pgs.append(isolated(pgkit_sps, "configs/ppo.yaml", [f"env.id={args.env}"], args.steps, args.threads))
         if not args.skip_sb3:
             sb3s.append(isolated(sb3_ppo_sps, args.env, args.steps, args.threads, args.seed))
-    pg = statistics.median(pgs)
-    runs = ", ".join(f"{v:.0f}" for v in pgs)
-    rows.append((f"pgkit PPO, 1 env (configs/ppo.yaml), median of [{runs}]", pg))
-    sb3 = None
-    if sb3s:
-        sb3 = statistics.median(sb3s)
-        runs = ", ".join(f"{v:.0f}" for v in sb3s)
-        rows.append((f"SB3 PPO, 1 env, same hyperparameters, median of [{runs}]", sb3))
+    pg = median_row(rows, "pgkit PPO, 1 env (configs/ppo.yaml)", pgs)
+    sb3 = median_row(rows, "SB3 PPO, 1 env, same hyperparameters", sb3s)
     rawn = statistics.median(isolated(raw_env_sps, args.env, fast_envs, fast_vec, 80000) for _ in range(3))
     rows.append((f"raw vector env, {fast_envs} {fast_vec} envs, random actions (median of 3)", rawn))
     fast_threads = fast["trainer"]["torch_threads"]
@@ -153,15 +156,9 @@ def main() -> None:
         pfs.append(isolated(pgkit_sps, args.fast_config, [f"env.id={args.env}"], args.fast_steps, fast_threads))
         if not args.skip_sb3:
             sb3fs.append(isolated(sb3_ppo_sps, args.env, args.fast_steps, fast_threads, args.seed, *shape.values()))
-    pf = statistics.median(pfs)
-    runs = ", ".join(f"{v:.0f}" for v in pfs)
-    rows.append((f"pgkit PPO fast preset ({args.fast_config}, backend {fast_vec}), median of [{runs}]", pf))
-    sb3f = None
-    if sb3fs:
-        sb3f = statistics.median(sb3fs)
-        runs = ", ".join(f"{v:.0f}" for v in sb3fs)
-        rows.append((f"SB3 PPO, the fast preset's shape ({fast_envs} envs, {algo['num_steps']} steps, minibatches of "
-                     f"{shape['batch_size']}), median of [{runs}]", sb3f))
+    pf = median_row(rows, f"pgkit PPO fast preset ({args.fast_config}, backend {fast_vec})", pfs)
+    sb3f = median_row(rows, f"SB3 PPO, the fast preset's shape ({fast_envs} envs, {algo['num_steps']} steps, "
+                      f"minibatches of {shape['batch_size']})", sb3fs)
 
     width = max(len(name) for name, _ in rows)
     for name, sps in rows:

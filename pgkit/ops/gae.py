@@ -155,7 +155,6 @@ def gae(
     return advantage, advantage + value
 
 
-
 def gae_torchrl(
     reward: Tensor,
     value: Tensor,
