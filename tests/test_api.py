@@ -21,8 +21,8 @@ QUIET = {"logger.enabled": False, "eval.every_n_iterations": 0}
 
 def test_fit_from_a_path_with_overrides_then_predict_single_and_batch():
     result = pgkit.fit(ROOT / "configs" / "ppo-cartpole.yaml",
-                       overrides={"trainer.total_timesteps": 60_000, "trainer.output_dir": "run", **QUIET})
-    assert 59_000 < result.env_steps <= 60_000 and result.last_checkpoint.exists()  # whole iterations
+                       overrides={"trainer.total_timesteps": 80_000, "trainer.output_dir": "run", **QUIET})
+    assert 79_000 < result.env_steps <= 80_000 and result.last_checkpoint.exists()  # whole iterations
     agent = pgkit.load(result.last_checkpoint)
     env = gym.make("CartPole-v1")
     obs, _ = env.reset(seed=3)
@@ -34,12 +34,17 @@ def test_fit_from_a_path_with_overrides_then_predict_single_and_batch():
     # Deterministic predictions equal the module's own greedy actions (normalisation inside the agent).
     expected, _ = agent.module.act(batch, True)
     np.testing.assert_array_equal(actions, expected)
-    # The policy learned: a greedy episode lasts far beyond a random one (about 20 steps).
-    total, done = 0.0, False
-    while not done:
-        obs, reward, terminated, truncated, _ = env.step(int(agent.predict(obs)[0]))
-        total, done = total + reward, terminated or truncated
-    assert total >= 150
+    # The policy learned: greedy episodes last far beyond random ones (about 20 steps). Over 10 episodes, because
+    # one episode of a policy this young varies widely (at 60k steps one run gave 113 to 152, another 500).
+    totals = []
+    for seed in range(3, 13):
+        obs, _ = env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(int(agent.predict(obs)[0]))
+            total, done = total + reward, terminated or truncated
+        totals.append(total)
+    assert np.mean(totals) >= 200, totals
 
 
 def test_fit_from_a_mapping_and_from_a_config_object():
