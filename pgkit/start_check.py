@@ -7,8 +7,15 @@ would also cap every collective of the run, so instead each rank writes its stat
 (the agent's TCPStore, which every worker reaches at ``MASTER_ADDR:MASTER_PORT``) and waits for the others' before
 training: a rank that failed makes the others exit 1 at once, naming it and its error.
 
+This covers failures before the process group forms: loading the config, checking the env (one env is built to
+read its spaces) and the resume, building the module. A failure after it forms (the vector envs are made in
+Lightning's ``setup``, training itself) reaches the others at their next collective instead, where gloo reports the
+closed connection within seconds.
+
 Written by hand because neither torch.distributed.elastic nor Lightning offers a pre-group readiness check.
-Only torchrun provides an agent store; under other launchers (SLURM, Lightning's own) this is a no-op.
+Only torchrun provides an agent store; under other launchers (SLURM, Lightning's own) this is a no-op. It is off
+too when torchrun may restart workers (``--max-restarts`` above 0): each node counts its own restarts, so the ranks
+of one round could disagree on the keys they share.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ class StartCheck:
     @staticmethod
     def applies() -> bool:
         """Whether this process is one of several torchrun workers sharing an agent store."""
-        return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(os.environ.get("WORLD_SIZE", 1)) > 1
+        return (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(os.environ.get("WORLD_SIZE", 1)) > 1
+                and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) == 0)
 
     def _connect(self):
         if self._store is None:
@@ -69,10 +77,10 @@ class StartCheck:
                     raise TrainingError(f"rank {rank} stopped before training: {state[len('failed: '):]}")
                 waiting.discard(rank)
             if waiting and time.monotonic() > deadline:
-                raise TrainingError(
-                    f"ranks {sorted(waiting)} were not ready after trainer.start_timeout={self.timeout:g} s "
-                    "(a node that crashed, or is much slower to build its envs and model)"
-                )
+                message = (f"ranks {sorted(waiting)} were not ready after trainer.start_timeout={self.timeout:g} s "
+                           "(a node that crashed, or is much slower to build its envs and model)")
+                self.failed(f"rank {self.rank} gave up: {message}")  # so a late rank does not go on alone
+                raise TrainingError(message)
             if waiting:
                 time.sleep(0.1)
 

@@ -73,3 +73,76 @@ def test_split_needs_two_envs_and_the_old_key_still_reads(tmp_path, capsys):
     # the key's name before env.backend
     config.write_text("algorithm: {name: ppo}\nenv: {id: CartPole-v1, num_envs: 4, vectorization: split}\n")
     assert load_config(config, []).env.backend == "split"
+
+
+class _Counter(__import__("gymnasium").Env):
+    """Ends after ``length`` steps and says where it ended with an array-valued info entry."""
+
+    def __init__(self, length: int, fail_seed: int | None = None) -> None:
+        import gymnasium as gym
+
+        self.length, self.fail_seed, self.t = length, fail_seed, 0
+        self.observation_space = gym.spaces.Box(-100.0, 100.0, (1,))
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None and seed == self.fail_seed:
+            raise ValueError("this seed is refused")
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        ended = self.t >= self.length
+        info = {"pos": np.array([self.t, 2 * self.t])} if ended else {}
+        return np.full(1, self.t, np.float32), 1.0, ended, False, info
+
+
+def _counters(lengths, fail_seed=None):
+    import functools
+
+    return [functools.partial(_Counter, n, fail_seed) for n in lengths]
+
+
+def test_array_valued_infos_from_one_half_only_join_as_sync_builds_them():
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from pgkit.environments.split import SplitVectorEnv
+
+    sync = SyncVectorEnv(_counters([2, 5, 5, 7]), autoreset_mode=AutoresetMode.SAME_STEP)
+    split = SplitVectorEnv(_counters([2, 5, 5, 7]), autoreset_mode=AutoresetMode.SAME_STEP)
+    try:
+        for envs in (sync, split):
+            envs.reset(seed=0)
+        for _ in range(8):  # env 0 (this process's half) ends alone at step 2, env 3 (the worker's) alone at 7
+            a, b = sync.step(np.zeros(4, np.int64)), split.step(np.zeros(4, np.int64))
+            for x, y in zip(a[:4], b[:4], strict=True):
+                np.testing.assert_array_equal(x, y)
+            assert a[4].keys() == b[4].keys()
+            for key in a[4]:
+                if key == "final_info":
+                    for k in a[4][key]:
+                        np.testing.assert_array_equal(a[4][key][k], b[4][key][k])
+                elif key != "final_obs":
+                    np.testing.assert_array_equal(a[4][key], b[4][key])
+    finally:
+        sync.close()
+        split.close()
+
+
+def test_an_error_in_this_process_half_leaves_the_worker_in_step():
+    from pgkit.environments.split import SplitVectorEnv
+
+    split = SplitVectorEnv(_counters([3, 3, 3, 3], fail_seed=13))
+    try:
+        with pytest.raises(ValueError, match="refused"):
+            split.reset(seed=[13, 1, 2, 3])  # env 0 (here) refuses; the worker's half resets fine
+        obs, _ = split.reset(seed=[0, 1, 2, 3])  # the worker's stale reply is not read as this one's
+        assert obs.shape == (4, 1)
+        obs, *_ = split.step(np.ones(4, np.int64))
+        np.testing.assert_array_equal(obs[:, 0], [1, 1, 1, 1])
+        with pytest.raises(ValueError, match="reset_mask"):
+            split.reset(options={"reset_mask": np.array([True, False, False, False])})
+    finally:
+        split.close()

@@ -137,8 +137,10 @@ def _filler(like: Any, n: int) -> Any:
     """What a half without ``like``'s info key holds for its ``n`` envs: nothing, and a False mask."""
     if isinstance(like, dict):
         return {k: _filler(v, n) for k, v in like.items()}
-    like = np.asarray(like)
-    return np.zeros(n, dtype=like.dtype) if like.dtype != object else np.full(n, None, dtype=object)
+    like = np.asarray(like)  # batched: [n_other, *value shape]
+    if like.dtype == object:
+        return np.full((n, *like.shape[1:]), None, dtype=object)
+    return np.zeros((n, *like.shape[1:]), dtype=like.dtype)
 
 
 def _join_info(a: dict[str, Any], b: dict[str, Any], na: int, nb: int) -> dict[str, Any]:
@@ -189,6 +191,16 @@ class SplitVectorEnv(gym.vector.VectorEnv):
         self.render_mode = self._local.render_mode
         self.spec = self._local.spec
 
+    def _both(self, local_call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run this process's half while the worker runs its own; if this half raises, take the worker's reply
+        first, so the next call does not read this one's."""
+        try:
+            return local_call(*args, **kwargs)
+        except BaseException:
+            with suppress(Exception):
+                self._receive()
+            raise
+
     def _receive(self) -> Any:
         _wait(self._conn)
         status, payload = self._conn.recv()
@@ -199,9 +211,11 @@ class SplitVectorEnv(gym.vector.VectorEnv):
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         if isinstance(seed, int):  # as SyncVectorEnv: sub-env i gets seed + i
             seed = [seed + i for i in range(self.num_envs)]
+        if options and "reset_mask" in options:
+            raise ValueError("the split backend does not support options['reset_mask']; use env.backend: sync")
         first, second = (None, None) if seed is None else (list(seed[: self._half]), list(seed[self._half :]))
         self._conn.send(("reset", {"seed": second, "options": options}))
-        obs, info = self._local.reset(seed=first, options=options)
+        obs, info = self._both(self._local.reset, seed=first, options=options)
         other_obs, other_info = self._receive()
         return _join(obs, other_obs), _join_info(info, other_info, self._half, self.num_envs - self._half)
 
@@ -215,7 +229,7 @@ class SplitVectorEnv(gym.vector.VectorEnv):
             self._conn.send(("step_shared", None))
         else:
             self._conn.send(("step", _part(actions, slice(self._half, None))))
-        obs, reward, terminated, truncated, info = self._local.step(_part(actions, slice(None, self._half)))
+        obs, reward, terminated, truncated, info = self._both(self._local.step, _part(actions, slice(None, self._half)))
         if views is not None:
             i = self._receive() or {}
             o, r, te, tr = views["obs"], views["reward"], views["terminated"], views["truncated"]
@@ -225,7 +239,12 @@ class SplitVectorEnv(gym.vector.VectorEnv):
                 np.concatenate([truncated, tr]), _join_info(info, i, self._half, self.num_envs - self._half))
 
     def close_extras(self, **kwargs: Any) -> None:
-        self._local.close()
+        try:
+            self._local.close()
+        finally:
+            self._stop_worker()
+
+    def _stop_worker(self) -> None:
         if self._process.is_alive():
             with suppress(BrokenPipeError, OSError):  # the worker may be gone already
                 self._conn.send(("close", None))

@@ -80,17 +80,19 @@ def _advantages_loop(
     from pgkit.ops.kernels import empty_like_layout, gae_rows
 
     shape = reward.shape
-    dtype = torch.promote_types(torch.promote_types(reward.dtype, value.dtype), next_value.dtype)
+    # the dtype the scan path gives: the TD errors are reward + next_value, then value subtracted in place
+    dtype = torch.promote_types(reward.dtype, next_value.dtype)
     if dtype not in (torch.float32, torch.float64):
         dtype = torch.float64
+    flat = (math.prod(shape[:-1]), shape[-1])  # explicit: reshape(-1, 0) cannot infer the rows of an empty axis
 
     def rows(x: Tensor) -> np.ndarray:
-        return x.to(dtype).broadcast_to(shape).reshape(-1, shape[-1]).numpy()
+        return x.to(dtype).broadcast_to(shape).reshape(flat).numpy()
 
     def mask(x: Tensor | None) -> np.ndarray:
         if x is None:
-            return np.broadcast_to(np.False_, (math.prod(shape[:-1]), shape[-1]))
-        return x.broadcast_to(shape).reshape(-1, shape[-1]).numpy()
+            return np.broadcast_to(np.False_, flat)
+        return x.broadcast_to(shape).reshape(flat).numpy()
 
     r = rows(reward)
     out = empty_like_layout(r)

@@ -8,8 +8,11 @@ arithmetic in matrix products, which loses to a loop on wide batches. A numba lo
 for every shape: so it is also unaffected by torch's intra-op threads waiting for a core another process holds.
 
 The loop order follows the memory: time outer and rows inner when rows are adjacent in memory (time-major
-``[T, N]`` rollouts seen as ``[N, T]``), rows outer otherwise. Every function here writes into ``out`` and follows
-the recursion's IEEE arithmetic exactly (an infinite or NaN input spreads as the step-by-step loop spreads it).
+``[T, N]`` rollouts seen as ``[N, T]``), rows outer otherwise; both give the same numbers. Every function here
+writes into ``out`` and follows the step-by-step recursion in IEEE arithmetic (an infinite or NaN input spreads as
+the loop spreads it): each step is computed in float64 and rounded to the array's dtype when stored, and the next
+step reads the stored value. In float64 that is the recursion exactly; in float32 it differs from torch's float32
+ops by rounding only.
 
 numba compiles each dtype's version on first use and caches it on disk next to this file (or in the user's cache
 directory when that is not writable), so only the first run pays the compile.
@@ -37,12 +40,12 @@ def gae_rows(reward, value, next_value, terminated, done, gamma, gae_lambda, out
                 out[r, t] = delta + (discount * (0.0 if done[r, t] else 1.0)) * following
     else:
         for r in range(rows):
-            carry = 0.0
+            following = 0.0
             for t in range(steps - 1, -1, -1):
                 keep = 0.0 if terminated[r, t] else 1.0
                 delta = reward[r, t] + gamma * (next_value[r, t] * keep) - value[r, t]
-                carry = delta + (discount * (0.0 if done[r, t] else 1.0)) * carry
-                out[r, t] = carry
+                out[r, t] = delta + (discount * (0.0 if done[r, t] else 1.0)) * following
+                following = out[r, t]  # as stored: both loop orders round alike
 
 
 @njit(cache=True, nogil=True)
@@ -55,8 +58,8 @@ def gae_trajectory(rewards, values, gamma, gae_lambda, out):  # pragma: no cover
     acc = 0.0
     for t in range(n - 1, -1, -1):
         following = values[t + 1] if (t + 1 < n or bootstrap) else 0.0
-        acc = rewards[t] + gamma * following - values[t] + discount * acc
-        out[t] = acc
+        out[t] = rewards[t] + gamma * following - values[t] + discount * acc
+        acc = out[t]  # as stored, in the array's dtype
 
 
 @njit(cache=True, nogil=True)
@@ -81,8 +84,8 @@ def reverse_scan_rows(x, discount, out):  # pragma: no cover - compiled
         for r in range(rows):
             acc = 0.0
             for t in range(steps - 1, -1, -1):
-                acc = x[r, t] + discount[r, t] * acc
-                out[r, t] = acc
+                out[r, t] = x[r, t] + discount[r, t] * acc
+                acc = out[r, t]  # as stored: both loop orders round alike
 
 
 @njit(cache=True, nogil=True)

@@ -18,6 +18,7 @@ sequential recursion to rounding (tested against it and against TorchRL).
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,8 @@ def reverse_scan(x: Tensor, discount: Tensor) -> Tensor:
         return discounted_reverse_cumsum(x, discount)
     from pgkit.ops.kernels import empty_like_layout, reverse_scan_rows
 
-    rows = x.reshape(-1, x.shape[-1]).numpy()
+    flat = (math.prod(x.shape[:-1]), x.shape[-1])  # explicit: reshape(-1, 0) cannot infer the rows
+    rows = x.reshape(flat).numpy()
     out = empty_like_layout(rows)
-    reverse_scan_rows(rows, discount.to(x.dtype).broadcast_to(x.shape).reshape(-1, x.shape[-1]).numpy(), out)
+    reverse_scan_rows(rows, discount.to(x.dtype).broadcast_to(x.shape).reshape(flat).numpy(), out)
     return torch.from_numpy(out).reshape(x.shape)
