@@ -2,14 +2,15 @@
 
 Run: ``pip install -e ".[bench]" -c constraints.txt && python benchmarks/a2c_throughput.py``
 
-Both learners train A2C with ``configs/a2c.yaml``'s settings (Tianshou's MuJoCo A2C): 16 sub-envs in one process
-stepped in turn (pgkit's ``sync`` vectorisation, SB3's ``DummyVecEnv``), 5 steps each per update, RMSprop (lr 7e-4
-annealed linearly, alpha 0.99, eps 1e-5), GAE lambda 0.95, entropy 0.01, value 0.5, gradient norm 0.5, observation and
-reward normalisation, [64, 64] tanh actor and critic with orthogonal init, log-std starting at -0.5, on CPU with the
-same ``torch.set_num_threads``, for the same number of steps. Each is timed from construction to the end of training
-(pgkit: ``fit``, with its Trainer set-up and checkpoints; SB3: env, ``VecNormalize`` and model construction, then
-``learn``), with MLflow logging and evaluation off. The two alternate ``--repeats`` times, each in a fresh process;
-medians are reported, beside the raw SPS of the same 16 envs stepped with random actions.
+Both learners train A2C with ``configs/a2c.yaml``'s settings, read from the file (Tianshou's MuJoCo A2C with no
+entropy bonus and log-std starting at -1): 16 sub-envs (pgkit: the config's ``env.backend``, ``split`` on two
+cores; SB3: ``DummyVecEnv``, its fastest here), 5 steps each per update, RMSprop (lr 7e-4 annealed linearly, alpha
+0.99, eps 1e-5), GAE lambda 0.95, value 0.5, gradient norm 0.5, observation and reward normalisation, [64, 64] tanh
+actor and critic with orthogonal init, on CPU with the same ``torch.set_num_threads``, for the same number of
+steps. Each is timed from construction to the end of training (pgkit: ``fit``, with its Trainer set-up and
+checkpoints; SB3: env, ``VecNormalize`` and model construction, then ``learn``), with MLflow logging and evaluation
+off. The two alternate ``--repeats`` times, each in a fresh process; medians are reported, beside the raw SPS of
+the same 16 envs stepped with random actions in one process.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main() -> None:
           f"{args.threads}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}, {args.repeats} "
           "alternating repeats")
     raw = statistics.median(isolated(raw_env_sps, args.env, num_envs, "sync", 40000) for _ in range(3))
+    # the sync figure: what one process can step (the split backend's own is in benchmarks/env_backends.py)
     pgs, sb3s = [], []
     for _ in range(args.repeats):
         pgs.append(isolated(pgkit_sps, CONFIG, [f"env.id={args.env}"], args.steps, args.threads))
