@@ -4,7 +4,7 @@ Run: ``python benchmarks/env_backends.py`` (about 4 minutes on 2 cores).
 
 1. Random actions through ``make_vec_env`` (what training steps), HalfCheetah-v5, 8, 16 and 32 sub-envs, backends
    ``sync``, ``async`` (gymnasium's AsyncVectorEnv, one process per sub-env) and ``split`` (two halves at once, one
-   in a worker process); 2000 vector steps after 50 of warm-up, median of 3.
+   in a worker process); 2000 vector steps (``throughput.raw_env_sps``), median of 3.
 2. ``pgkit fit --config configs/ppo-fast.yaml`` with ``env.backend`` sync and split, 163840 steps, no evaluation
    or tracking, each in a fresh process, alternating ``--repeats`` times; SPS is the run's own figure (env steps
    over training time). Both backends give the same training numbers (same seeds, same sub-env order).
@@ -18,29 +18,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-
-from pgkit.environments.make import make_vec_env
+from throughput import raw_env_sps
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def raw_sps(backend: str, num_envs: int, steps: int = 2000) -> float:
-    envs = make_vec_env("HalfCheetah-v5", num_envs, backend)
-    try:
-        envs.reset(seed=0)
-        actions = np.random.default_rng(0).uniform(-1, 1, (steps + 50, num_envs, 6))
-        for a in actions[:50]:
-            envs.step(a)
-        start = time.perf_counter()
-        for a in actions[50:]:
-            envs.step(a)
-        return steps * num_envs / (time.perf_counter() - start)
-    finally:
-        envs.close()
 
 
 def fit_sps(backend: str, steps: int) -> float:
@@ -64,7 +47,8 @@ def main() -> None:
     print("| sub-envs | sync SPS | async SPS | split SPS | split / sync |")
     print("|---:|---:|---:|---:|---:|")
     for n in (8, 16, 32):
-        sps = {b: float(np.median([raw_sps(b, n) for _ in range(3)])) for b in ("sync", "async", "split")}
+        sps = {b: float(np.median([raw_env_sps("HalfCheetah-v5", n, b, 2000 * n) for _ in range(3)]))
+               for b in ("sync", "async", "split")}
         print(f"| {n} | {sps['sync']:.0f} | {sps['async']:.0f} | {sps['split']:.0f} | "
               f"{sps['split'] / sps['sync']:.2f}x |", flush=True)
     runs: dict[str, list[float]] = {"sync": [], "split": []}

@@ -28,6 +28,18 @@ def _moments(r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return mean * scale, var, scale
 
 
+def _merge(prior_mean: Any, prior_var: Any, count: int, batch_mean: Any, batch_var: Any, scale: Any, n: int):
+    """Chan's merge of prior moments with a batch's (``batch_var`` as :func:`_moments` gives it, over
+    ``scale**2``): ``(mean, var, count)``, on tensors or numpy scalars alike (operators only). The mean is a
+    weighted sum, not a difference, so ``inf`` and a finite prior give ``inf``; callers make the variance NaN when
+    the mean is not finite."""
+    total = count + n
+    mean = prior_mean * (count / total) + batch_mean * (n / total)
+    delta = batch_mean - prior_mean
+    m2 = prior_var * count + batch_var * scale * scale * n + delta * (delta * (count * n / total))
+    return mean, m2 / total, total
+
+
 def normalize_rewards(
     rewards: Any, running_mean: Any = 0.0, running_var: Any = 1.0, count: int = 0, epsilon: float = 1e-8
 ) -> tuple[Any, Any, Any, int]:
@@ -53,11 +65,8 @@ def normalize_rewards(
     prior_mean = torch.as_tensor(running_mean, dtype=r.dtype, device=r.device)
     prior_var = torch.as_tensor(running_var, dtype=r.dtype, device=r.device)
     batch_mean, batch_var, scale = _moments(r.reshape(-1))
-    total = count + n
-    mean = prior_mean * (count / total) + batch_mean * (n / total)  # weights, not a difference: inf + 1 is inf
-    delta = batch_mean - prior_mean
-    m2 = prior_var * count + batch_var * scale * scale * n + delta * (delta * (count * n / total))
-    var = torch.where(mean.isfinite(), m2 / total, torch.nan)
+    mean, merged_var, total = _merge(prior_mean, prior_var, count, batch_mean, batch_var, scale, n)
+    var = torch.where(mean.isfinite(), merged_var, torch.nan)
     normalized = (r - mean).mul_((var + epsilon).rsqrt())
     return give_back(normalized, torch_out), scalar_back(mean, torch_out), scalar_back(var, torch_out), int(total)
 
@@ -74,12 +83,9 @@ def _normalize_loop(
     n = flat.shape[0]
     batch_mean, batch_var, scale = scaled_moments(flat)
     prior_mean, prior_var = np.float64(running_mean), np.float64(running_var)
-    total = count + n
     with np.errstate(all="ignore"):  # IEEE results (inf, NaN) are the point, not warnings
-        mean = prior_mean * (count / total) + batch_mean * (n / total)  # weights: inf + 1 is inf
-        delta = batch_mean - prior_mean
-        m2 = prior_var * count + batch_var * scale * scale * n + delta * (delta * (count * n / total))
-        var = m2 / total if np.isfinite(mean) else np.float64(np.nan)
+        mean, merged_var, total = _merge(prior_mean, prior_var, count, batch_mean, batch_var, scale, n)
+        var = merged_var if np.isfinite(mean) else np.float64(np.nan)
         out = np.empty_like(flat)
         standardize_flat(flat, float(mean), float(var + epsilon), out)
     normalized = out.reshape(x.shape)
