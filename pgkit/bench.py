@@ -193,6 +193,19 @@ def last_mean(returns: list[float], n: int = LAST_EPISODES) -> float:
     return float(np.mean(returns[-n:])) if returns else float("nan")
 
 
+def time_to_score(returns: list[float], seconds: list[float], threshold: float,
+                  n: int = LAST_EPISODES) -> float | None:
+    """Wall-clock seconds (``seconds[i]``: when episode ``i`` finished) at which the mean of the last ``n`` episodes'
+    returns first reaches ``threshold``, counting only points with ``n`` episodes behind them; None if never."""
+    if len(returns) != len(seconds):
+        raise ValueError(f"time_to_score: {len(returns)} returns against {len(seconds)} times")
+    if len(returns) < n:
+        return None
+    window = np.convolve(np.asarray(returns, dtype=float), np.ones(n) / n, mode="valid")  # window[j]: episodes j..j+n-1
+    hits = np.flatnonzero(window >= threshold)
+    return float(seconds[hits[0] + n - 1]) if hits.size else None
+
+
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Train one run, evaluate its final policy deterministically and write ``result.json`` (in a worker)."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # one progress line per run comes from the parent instead

@@ -17,6 +17,11 @@ class TrainerConfig(BaseModel):
 
     total_timesteps: int = Field(1_000_000, ge=1, le=10**12)
     """Environment steps to train for (rounded down to whole iterations)."""
+    stop_at_return: float | None = None
+    """End training early once the mean return of the last 100 training episodes reaches this value (SB3's
+    ``StopTrainingOnRewardThreshold``, over training episodes; language models: the last 100 completions' rewards).
+    Checked after each iteration, once 100 episodes have finished; the run then ends as a finished one, with its
+    checkpoint. Under DDP rank 0's episodes decide. Null trains for ``total_timesteps``."""
     seed: int = Field(1, ge=0, le=2**31 - 1)
     """Seeds torch, numpy, Python and the sub-envs (sub-env i of rank r resets with ``seed + r * num_envs + i``)."""
     name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import urllib.parse
 import urllib.request
 import warnings
@@ -15,7 +16,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
-from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts, StopOnSignal, SystemMetrics
+from pgkit.callbacks import (
+    EnvStepProgressBar,
+    LastCheckpoint,
+    MLflowArtifacts,
+    StopAtReturn,
+    StopOnSignal,
+    SystemMetrics,
+)
 from pgkit.checkpoints import check_resume_fits, load_checkpoint, load_weights
 from pgkit.config import ExperimentConfig
 from pgkit.errors import ConfigError, Interrupted
@@ -38,6 +46,10 @@ class FitResult:
     """This process's global rank (0 without DDP); only rank 0 logs and checkpoints."""
     episode_steps: list[int]
     """For each of ``episode_returns``, the env-step count at the end of the iteration in which it finished."""
+    episode_seconds: list[float]
+    """For each of ``episode_returns``, the wall-clock seconds from the call to ``fit`` (building the envs, the module
+    and the Trainer included) to the end of the rollout in which it finished: returns against time, as SB3's
+    ``Monitor`` records them."""
 
 
 def quiet_lightning() -> None:
@@ -136,6 +148,7 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     returned :class:`FitResult` says which folder it used. Everything that can be checked is checked before an MLflow
     run is opened: the output folder, the tracking URI, and that ``resume`` fits the config.
     """
+    called = time.perf_counter()
     with reporting_start_failures():  # under torchrun, a rank whose checks fail stops the others at once
         cfg, module, trainer, callbacks, logger, best = _setup(cfg, resume)
     wait_for_all_ranks(cfg.trainer.start_timeout)
@@ -163,6 +176,7 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
         env_steps=int(module.env_steps),
         episode_returns=list(module.episode_returns),
         episode_steps=list(module.episode_steps),
+        episode_seconds=[t - called for t in module.episode_times],
         rank=trainer.global_rank,
     )
 
@@ -194,6 +208,7 @@ def _setup(cfg: ExperimentConfig, resume: str | Path | None):
     logger = make_logger(cfg, run_id) if rank_zero else None
     callbacks: list[L.Callback] = [
         StopOnSignal(),
+        *([StopAtReturn(cfg.trainer.stop_at_return)] if cfg.trainer.stop_at_return is not None else []),
         EnvStepProgressBar(),
         LastCheckpoint(checkpoint_dir / "last.ckpt", cfg.checkpoint.every_n_iterations),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -45,6 +46,28 @@ def test_fit_from_a_path_with_overrides_then_predict_single_and_batch():
             total, done = total + reward, terminated or truncated
         totals.append(total)
     assert np.mean(totals) >= 200, totals
+
+
+def test_stop_at_return_ends_the_run_at_the_first_iteration_reaching_it(tmp_path):
+    from pgkit.bench import time_to_score
+
+    started = time.perf_counter()
+    result = pgkit.fit(ROOT / "configs" / "ppo-cartpole.yaml",
+                       overrides={"trainer.stop_at_return": 100, "trainer.output_dir": str(tmp_path / "run"), **QUIET})
+    elapsed = time.perf_counter() - started
+    returns, seconds, steps = result.episode_returns, result.episode_seconds, result.episode_steps
+    assert len(returns) == len(seconds) == len(steps) >= 100
+    assert result.env_steps < 100_000  # the config's budget; random play returns about 22
+    assert np.mean(returns[-100:]) >= 100
+    # It stopped at the first iteration whose last 100 episodes reached 100: that is the last iteration.
+    assert time_to_score(returns, seconds, 100) == seconds[-1]
+    earlier = [r for r, s in zip(returns, steps, strict=True) if s < result.env_steps]
+    assert len(earlier) < 100 or np.mean(earlier[-100:]) < 100
+    # Times: from the call to fit, in order, one per rollout.
+    assert 0 < seconds[0] <= seconds[-1] < elapsed and np.all(np.diff(seconds) >= 0)
+    assert len(set(seconds)) == len(set(steps))
+    # The run ended as a finished one: its last checkpoint holds the final step count.
+    assert int(pgkit.load(result.last_checkpoint).module.env_steps) == result.env_steps
 
 
 def test_fit_from_a_mapping_and_from_a_config_object():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pgkit.bench import SuiteConfig, last_mean
+from pgkit.bench import SuiteConfig, last_mean, time_to_score
 from pgkit.bench_report import LAST_EPISODES, aggregate, curve_on_grid, results_markdown, write_reports
 from pgkit.bench_stats import Interval, iqm_interval
 from pgkit.cli import main
@@ -58,6 +58,22 @@ def test_last_mean_and_curve_follow_the_final_return_statistic():
     assert curve[2] == pytest.approx(np.mean([1, 2, 3, 4, 5]))
     assert curve[3] == pytest.approx(last_mean(returns))
     assert LAST_EPISODES == 100
+
+
+def test_time_to_score_is_the_first_full_window_reaching_the_threshold():
+    returns = [0, 0, 10, 10, 10, 0, 30]
+    seconds = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    # Windows of 2: 0, 5, 10, 10, 5, 15 (ending at episodes 1..6): 10 first reached by episodes 2 and 3, at 4 s.
+    assert time_to_score(returns, seconds, 10, n=2) == 4.0
+    # Windows of 3: 3.3, 6.7, 10, 6.7, 13.3: 7 first reached at episode 4 (5 s); 12 at episode 6 (7 s).
+    assert time_to_score(returns, seconds, 7, n=3) == 5.0
+    assert time_to_score(returns, seconds, 12, n=3) == 7.0
+    assert time_to_score(returns, seconds, 16, n=3) is None
+    # A high early return does not count before a full window exists.
+    assert time_to_score([100, 0, 0], [1.0, 2.0, 3.0], 60, n=2) is None  # windows 50, 0; the lone 100 is not one
+    assert time_to_score([1.0], [1.0], 0, n=100) is None
+    with pytest.raises(ValueError, match="returns against"):
+        time_to_score([1.0, 2.0], [1.0], 0, n=1)
 
 
 def test_aggregate_and_markdown_report_mean_std_over_seeds_beside_references():

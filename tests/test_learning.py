@@ -83,6 +83,19 @@ def test_inverted_pendulum_improves(algorithm, config_file, overrides):
     assert last20 >= 200, f"{algorithm}: mean return of the last 20 episodes {last20:.1f} < 200"
 
 
+def test_ppo_fast_config_solves_inverted_pendulum():
+    # configs/ppo-fast.yaml (the config benchmarks/time_to_score.py measures on HalfCheetah, Hopper and Walker2d)
+    # with only env.id changed: the deterministic evaluation must reach 900 of 1000 within 50k steps.
+    from pgkit.evaluation import EVAL_SEED_OFFSET, evaluate, restore_agent
+
+    cfg = load_config(CONFIGS / "ppo-fast.yaml", ["env.id=InvertedPendulum-v5", "trainer.total_timesteps=50000",
+                                                  *QUIET])
+    result = fit(cfg)
+    module, _, _ = restore_agent(result.last_checkpoint)
+    score = evaluate(module, "InvertedPendulum-v5", 10, True, cfg.trainer.seed + EVAL_SEED_OFFSET)
+    assert score.mean_return >= 900, score
+
+
 def test_a2c_mujoco_config_solves_inverted_pendulum():
     # configs/a2c.yaml with only env.id changed, 100k steps: the deterministic evaluation must reach 900 of 1000
     # (SB3's A2C defaults reach 1000 there; the RL Zoo-style config this replaced evaluated to 93).

@@ -99,6 +99,7 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         self.last_value: Tensor | None = None
         self.episode_returns: list[float] = []  # every training episode finished in this process, in order
         self.episode_steps: list[int] = []  # env_steps at the end of the iteration in which each one finished
+        self.episode_times: list[float] = []  # time.perf_counter() at the end of the rollout in which each finished
         self.last_metrics: dict[str, float] = {}
         self.start_metrics()
         self._fit_start_time = 0.0
@@ -201,6 +202,7 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         steps = int(self.env_steps)
         self.episode_returns.extend(r for r, _ in episodes)
         self.episode_steps.extend([steps] * len(episodes))
+        self.episode_times.extend([time.perf_counter()] * len(episodes))
         metrics = {}
         if self.has_critic:
             metrics["train/explained_variance"] = ev

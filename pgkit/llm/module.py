@@ -88,6 +88,7 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
         self.group_size = c.generation.group_size
         self.episode_returns: list[float] = []
         self.episode_steps: list[int] = []
+        self.episode_times: list[float] = []  # time.perf_counter() at the end of the rollout in which each finished
         self.last_metrics: dict[str, float] = {}
         self.rollout_metrics: dict[str, float] = {}
         self.resume_from: Path | None = None
@@ -184,6 +185,7 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
         steps = int(self.env_steps)
         self.episode_returns.extend(reward.tolist())
         self.episode_steps.extend([steps] * n)
+        self.episode_times.extend([time.perf_counter()] * n)
         lengths = episodes.lengths
         group_std = reward.view(-1, self.group_size).std(dim=1) if self.group_size > 1 else torch.zeros(1)
         ends = episodes.input_ids[:, -episodes.keep :][torch.arange(n), episodes.last_generated().clamp(min=0)]
