@@ -221,7 +221,8 @@ class StopAtReturn(L.Callback):
         mean = float(np.mean(returns[-self.window :])) if len(returns) >= self.window else None
         # Rank 0's episodes decide, so every rank stops at the same iteration.
         reached = bool(trainer.strategy.broadcast(mean is not None and mean >= self.threshold, src=0))
-        if reached and not trainer.should_stop:
+        if reached and not pl_module.return_reached:
+            pl_module.return_reached = True  # the module evaluates this last iteration (finish_iteration)
             trainer.should_stop = True
             if trainer.is_global_zero:
                 print(f"pgkit: the last {self.window} training episodes' mean return {mean:.1f} reached "

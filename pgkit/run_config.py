@@ -20,8 +20,9 @@ class TrainerConfig(BaseModel):
     stop_at_return: float | None = None
     """End training early once the mean return of the last 100 training episodes reaches this value (SB3's
     ``StopTrainingOnRewardThreshold``, over training episodes; language models: the last 100 completions' rewards).
-    Checked after each iteration, once 100 episodes have finished; the run then ends as a finished one, with its
-    checkpoint. Under DDP rank 0's episodes decide. Null trains for ``total_timesteps``."""
+    Checked after each iteration, once 100 episodes have finished in this process (a resumed run counts its episodes
+    afresh); that iteration is then the last: evaluated, checkpointed, and the run ends as a finished one. Under DDP
+    rank 0's episodes decide. Null trains for ``total_timesteps``."""
     seed: int = Field(1, ge=0, le=2**31 - 1)
     """Seeds torch, numpy, Python and the sub-envs (sub-env i of rank r resets with ``seed + r * num_envs + i``)."""
     name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")

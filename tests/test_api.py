@@ -52,8 +52,11 @@ def test_stop_at_return_ends_the_run_at_the_first_iteration_reaching_it(tmp_path
     from pgkit.bench import time_to_score
 
     started = time.perf_counter()
+    # Evaluation only every 1000 iterations: the last iteration is evaluated anyway, so best.ckpt exists only if
+    # the stop made its iteration the last.
     result = pgkit.fit(ROOT / "configs" / "ppo-cartpole.yaml",
-                       overrides={"trainer.stop_at_return": 100, "trainer.output_dir": str(tmp_path / "run"), **QUIET})
+                       overrides={"trainer.stop_at_return": 100, "trainer.output_dir": str(tmp_path / "run"), **QUIET,
+                                  "eval.every_n_iterations": 1000, "eval.episodes": 2})
     elapsed = time.perf_counter() - started
     returns, seconds, steps = result.episode_returns, result.episode_seconds, result.episode_steps
     assert len(returns) == len(seconds) == len(steps) >= 100
@@ -66,7 +69,9 @@ def test_stop_at_return_ends_the_run_at_the_first_iteration_reaching_it(tmp_path
     # Times: from the call to fit, in order, one per rollout.
     assert 0 < seconds[0] <= seconds[-1] < elapsed and np.all(np.diff(seconds) >= 0)
     assert len(set(seconds)) == len(set(steps))
-    # The run ended as a finished one: its last checkpoint holds the final step count.
+    # The run ended as a finished one: its last iteration was evaluated, and its last checkpoint holds the final
+    # step count.
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()
     assert int(pgkit.load(result.last_checkpoint).module.env_steps) == result.env_steps
 
 

@@ -74,10 +74,12 @@ class Progress:
 
     def finish_iteration(self, metrics: dict[str, float]) -> tuple[int, bool]:
         """The end of an iteration, shared by the gymnasium and language modules: stop once the step budget is
-        spent (rollouts that stop early need more iterations), evaluate every ``eval.every_n_iterations`` and at
-        the last iteration, and log ``metrics`` keyed by env steps. Returns ``(iteration, last)``."""
+        spent (rollouts that stop early need more iterations) or ``trainer.stop_at_return`` reached, evaluate every
+        ``eval.every_n_iterations`` and at the last iteration, and log ``metrics`` keyed by env steps. Returns
+        ``(iteration, last)``."""
         iteration = self.current_epoch + 1
-        last = int(self.env_steps) >= self.step_budget
+        # StopAtReturn runs before this hook (Lightning calls callbacks' epoch-end hooks before the module's).
+        last = int(self.env_steps) >= self.step_budget or self.return_reached
         if last:
             self.trainer.should_stop = True
         every = self.cfg.eval.every_n_iterations
