@@ -45,6 +45,8 @@ from typing import Any
 
 from isolation import isolated
 
+from pgkit.bench_report import LAST_EPISODES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: CleanRL's published last-100 training return of PPO at 1M steps (v4 envs, 3 seeds).
@@ -107,12 +109,15 @@ def sb3_zoo_run(env_id: str, seed: int, threshold: float, cap_seconds: float, ma
         """Each finished episode's return and time (from Monitor's info); stop at the score or the cap."""
 
         def _on_step(self) -> bool:
+            ended = False
             for info in self.locals["infos"]:
                 if "episode" in info:
                     returns.append(float(info["episode"]["r"]))
                     seconds.append(time.perf_counter() - start)
                     steps.append(int(self.num_timesteps))
-            scored = len(returns) >= 100 and float(np.mean(returns[-100:])) >= threshold
+                    ended = True
+            # The window is read only when an episode ended, so SB3's step pays for no more than pgkit's iteration.
+            scored = ended and len(returns) >= LAST_EPISODES and np.mean(returns[-LAST_EPISODES:]) >= threshold
             return not scored and time.perf_counter() - start < cap_seconds
 
     env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), gamma=hp["gamma"])
@@ -186,7 +191,7 @@ def _plot(results: list[dict[str, Any]], envs: list[str], folder: Path) -> None:
             ret = np.asarray(r["returns"], dtype=float)
             if ret.size == 0:
                 continue
-            last100 = [ret[max(0, i - 99) : i + 1].mean() for i in range(ret.size)]
+            last100 = [ret[max(0, i + 1 - LAST_EPISODES) : i + 1].mean() for i in range(ret.size)]
             ax.plot(np.asarray(r["seconds"]) / 60, last100, color=colors[r["learner"]], alpha=0.85,
                     linestyle="-" if r["seed"] == min(x["seed"] for x in runs) else "--",
                     label=f"{r['label']}, seed {r['seed']}")

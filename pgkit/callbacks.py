@@ -1,4 +1,4 @@
-"""Lightning callbacks: a progress bar in environment steps, MLflow artifacts, checkpoints and early stops."""
+"""Lightning callbacks: a progress bar in environment steps, MLflow artifacts, checkpoints and signals."""
 
 from __future__ import annotations
 
@@ -206,28 +206,6 @@ def save_atomically(trainer: L.Trainer, path: Path) -> None:
     trainer.save_checkpoint(tmp, weights_only=False)
     if trainer.is_global_zero:
         os.replace(tmp, path)
-
-
-class StopAtReturn(L.Callback):
-    """``trainer.stop_at_return``: end training after the iteration in which the mean of the last ``window``
-    training episodes' returns first reaches ``threshold``. Runs before :class:`LastCheckpoint`, which then saves."""
-
-    def __init__(self, threshold: float, window: int = 100) -> None:
-        self.threshold = threshold
-        self.window = window
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        returns = pl_module.episode_returns
-        mean = float(np.mean(returns[-self.window :])) if len(returns) >= self.window else None
-        # Rank 0's episodes decide, so every rank stops at the same iteration.
-        reached = bool(trainer.strategy.broadcast(mean is not None and mean >= self.threshold, src=0))
-        if reached and not pl_module.return_reached:
-            pl_module.return_reached = True  # the module evaluates this last iteration (finish_iteration)
-            trainer.should_stop = True
-            if trainer.is_global_zero:
-                print(f"pgkit: the last {self.window} training episodes' mean return {mean:.1f} reached "
-                      f"trainer.stop_at_return {self.threshold:g} at step {int(pl_module.env_steps)}; stopping",
-                      file=sys.stderr)
 
 
 class StopOnSignal(L.Callback):

@@ -16,14 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
-from pgkit.callbacks import (
-    EnvStepProgressBar,
-    LastCheckpoint,
-    MLflowArtifacts,
-    StopAtReturn,
-    StopOnSignal,
-    SystemMetrics,
-)
+from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts, StopOnSignal, SystemMetrics
 from pgkit.checkpoints import check_resume_fits, load_checkpoint, load_weights
 from pgkit.config import ExperimentConfig
 from pgkit.errors import ConfigError, Interrupted
@@ -208,7 +201,6 @@ def _setup(cfg: ExperimentConfig, resume: str | Path | None):
     logger = make_logger(cfg, run_id) if rank_zero else None
     callbacks: list[L.Callback] = [
         StopOnSignal(),
-        *([StopAtReturn(cfg.trainer.stop_at_return)] if cfg.trainer.stop_at_return is not None else []),
         EnvStepProgressBar(),
         LastCheckpoint(checkpoint_dir / "last.ckpt", cfg.checkpoint.every_n_iterations),
     ]

@@ -100,7 +100,6 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         self.episode_returns: list[float] = []  # every training episode finished in this process, in order
         self.episode_steps: list[int] = []  # env_steps at the end of the iteration in which each one finished
         self.episode_times: list[float] = []  # time.perf_counter() at the end of the rollout in which each finished
-        self.return_reached = False  # set by StopAtReturn: this iteration is the last, and is evaluated
         self.last_metrics: dict[str, float] = {}
         self.start_metrics()
         self._fit_start_time = 0.0

@@ -6,6 +6,7 @@ A mixin of :class:`~pgkit.algorithms.base.OnPolicyModule`.
 from __future__ import annotations
 
 import random
+import sys
 
 import numpy as np
 import torch
@@ -72,14 +73,28 @@ class Progress:
                 group.setdefault("initial_lr", group["lr"])  # saved with the optimizer state, so kept on resume
                 group["lr"] = group["initial_lr"] * fraction
 
+    def return_reached(self, window: int = 100) -> bool:
+        """``trainer.stop_at_return``: whether the mean return of the last ``window`` training episodes has reached
+        it (False until ``window`` episodes have finished in this process). Rank 0's episodes decide, so every rank
+        stops at the same iteration."""
+        threshold = self.cfg.trainer.stop_at_return
+        if threshold is None:
+            return False
+        returns = self.episode_returns
+        mean = float(np.mean(returns[-window:])) if len(returns) >= window else None
+        reached = bool(self.trainer.strategy.broadcast(mean is not None and mean >= threshold, src=0))
+        if reached and self.trainer.is_global_zero:
+            print(f"pgkit: the last {window} training episodes' mean return {mean:.1f} reached "
+                  f"trainer.stop_at_return {threshold:g} at step {int(self.env_steps)}; stopping", file=sys.stderr)
+        return reached
+
     def finish_iteration(self, metrics: dict[str, float]) -> tuple[int, bool]:
         """The end of an iteration, shared by the gymnasium and language modules: stop once the step budget is
         spent (rollouts that stop early need more iterations) or ``trainer.stop_at_return`` reached, evaluate every
         ``eval.every_n_iterations`` and at the last iteration, and log ``metrics`` keyed by env steps. Returns
         ``(iteration, last)``."""
         iteration = self.current_epoch + 1
-        # StopAtReturn runs before this hook (Lightning calls callbacks' epoch-end hooks before the module's).
-        last = int(self.env_steps) >= self.step_budget or self.return_reached
+        last = int(self.env_steps) >= self.step_budget or self.return_reached()
         if last:
             self.trainer.should_stop = True
         every = self.cfg.eval.every_n_iterations

@@ -89,7 +89,6 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
         self.episode_returns: list[float] = []
         self.episode_steps: list[int] = []
         self.episode_times: list[float] = []  # time.perf_counter() at the end of the rollout in which each finished
-        self.return_reached = False  # set by StopAtReturn: this iteration is the last, and is evaluated
         self.last_metrics: dict[str, float] = {}
         self.rollout_metrics: dict[str, float] = {}
         self.resume_from: Path | None = None

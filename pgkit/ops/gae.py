@@ -77,14 +77,14 @@ def _advantages_loop(
     terminated: Tensor | None, done: Tensor | None,
 ) -> Tensor:
     """:func:`advantages` by the compiled CPU loop, in the memory order of ``reward`` (time-major stays so)."""
-    from pgkit.ops.kernels import empty_like_layout, gae_rows
+    from pgkit.ops.kernels import empty_like_layout, gae_rows, row_shape
 
     shape = reward.shape
     # the dtype the scan path gives: the TD errors are reward + next_value, then value subtracted in place
     dtype = torch.promote_types(reward.dtype, next_value.dtype)
     if dtype not in (torch.float32, torch.float64):
         dtype = torch.float64
-    flat = (math.prod(shape[:-1]), shape[-1])  # explicit: reshape(-1, 0) cannot infer the rows of an empty axis
+    flat = row_shape(shape)
 
     def rows(x: Tensor) -> np.ndarray:
         return x.to(dtype).broadcast_to(shape).reshape(flat).numpy()

@@ -20,6 +20,8 @@ directory when that is not writable), so only the first run pays the compile.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -205,6 +207,11 @@ def standardize_flat(x, mean, var_eps, out):  # pragma: no cover - compiled
     inv = 1.0 / np.sqrt(var_eps)
     for i in range(x.shape[0]):
         out[i] = (x[i] - mean) * inv
+
+
+def row_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``shape`` as (rows, last axis): explicit, since ``reshape(-1, 0)`` cannot infer the rows of an empty axis."""
+    return math.prod(shape[:-1]), shape[-1]
 
 
 def empty_like_layout(x: np.ndarray) -> np.ndarray:

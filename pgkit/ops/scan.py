@@ -18,7 +18,6 @@ sequential recursion to rounding (tested against it and against TorchRL).
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -98,9 +97,9 @@ def reverse_scan(x: Tensor, discount: Tensor) -> Tensor:
 
     if not fits_cpu_loops(x, discount) or x.dtype not in (torch.float32, torch.float64) or x.ndim == 0:
         return discounted_reverse_cumsum(x, discount)
-    from pgkit.ops.kernels import empty_like_layout, reverse_scan_rows
+    from pgkit.ops.kernels import empty_like_layout, reverse_scan_rows, row_shape
 
-    flat = (math.prod(x.shape[:-1]), x.shape[-1])  # explicit: reshape(-1, 0) cannot infer the rows
+    flat = row_shape(x.shape)
     rows = x.reshape(flat).numpy()
     out = empty_like_layout(rows)
     reverse_scan_rows(rows, discount.to(x.dtype).broadcast_to(x.shape).reshape(flat).numpy(), out)
