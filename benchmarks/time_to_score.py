@@ -219,6 +219,9 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "img" / "time-to-score")
     parser.add_argument("--learners", default="pgkit,sb3", help="which learners to run (pgkit, sb3)")
     parser.add_argument("--fresh", action="store_true", help="ignore the results file's earlier entries")
+    parser.add_argument("--replace", action="store_true",
+                        help="run the chosen learners again where the results file has them, replacing those entries "
+                             "(e.g. pgkit after a speed-up, keeping SB3's)")
     parser.add_argument("--report-only", action="store_true", help="print the table and plots of the results file")
     args = parser.parse_args()
 
@@ -234,10 +237,17 @@ def main() -> None:
         commit = _commit()
         print(f"# time to score, {os.cpu_count()} cores, {platform.processor() or platform.machine()}, commit {commit}")
 
+        def key(learner: str, env: str, seed: int) -> tuple[Any, ...]:
+            return learner, env, seed, args.config if learner == "pgkit" else None
+
         def have(learner: str, env: str, seed: int) -> dict[str, Any] | None:
-            config = args.config if learner == "pgkit" else None
             return next((r for r in results if (r["learner"], r["env"], r["seed"], r.get("config")) ==
-                         (learner, env, seed, config)), None)
+                         key(learner, env, seed)), None)
+
+        if args.replace:
+            chosen = args.learners.split(",")
+            results = [r for r in results if not (r["learner"] in chosen and r["env"] in envs and r["seed"] in seeds
+                                                  and r.get("config") == key(r["learner"], r["env"], r["seed"])[3])]
 
         def save(entry: dict[str, Any]) -> None:
             entry["returns"] = [round(x, 2) for x in entry["returns"]]  # the file stays small; times to 1 ms

@@ -213,6 +213,10 @@ def check_spaces(cfg: ExperimentConfig) -> None:
         bounded = getattr(action_space, "is_bounded", lambda: True)()
         if cfg.env.action_bounds == "rescale" and not bounded:
             raise ConfigError("config error: env.action_bounds: 'rescale' needs finite action bounds (got 'rescale')")
+        if cfg.trainer.kernels == "numba":  # raises ConfigError naming what rules the policy out
+            from pgkit.algorithms.kernel_update import wanted
+
+            wanted(cfg.policy.init(env.observation_space, action_space), cfg.trainer)
     finally:
         env.close()
 

@@ -55,6 +55,14 @@ class TrainerConfig(BaseModel):
     (where per-call overheads of small policies dominate and compiling measured no faster); ``true`` compiles on
     any device (CPU needs a C++ compiler); ``false`` never compiles. Recurrent policies always run eager (their
     sequences change layout every minibatch; cuDNN fuses the recurrence on CUDA)."""
+    kernels: Literal["auto", "numba", "torch"] = "auto"
+    """How small MLP policies act and learn on the CPU. ``torch``: through the torch modules, with autograd for
+    gradients (any policy, any device). ``numba``: compiled loops written for the MLP actor-critic
+    (:mod:`pgkit.algorithms.mlp_kernels`): the acting step of a Gaussian policy, and PPO's whole minibatch step (loss,
+    gradients, clipping), equal to the torch path up to float rounding and several times faster at CleanRL's sizes.
+    They need separate tanh or ReLU MLP trunks on a vector observation, a ``normal`` head with state-independent
+    log-std (PPO's update also takes ``categorical``), one CPU process and no ``compile``; ``numba`` refuses a run
+    that does not qualify. ``auto``: each kernel where the run qualifies, torch elsewhere. Gymnasium runs only."""
     cuda_graphs: bool = True
     """When compiling on CUDA, also capture CUDA graphs (``mode="reduce-overhead"``): the acting step and the
     minibatch loss have static shapes, so each replays as one graph launch."""

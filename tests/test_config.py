@@ -75,6 +75,8 @@ def run_cli(capsys, *argv):
         (["env.id.x=1"], "config error: env.id.x: env.id is a value, not a section"),
         (["noequals"], "config error: --set 'noequals': expected KEY=VALUE"),
         (["env=3"], "config error: env: expected a mapping (got 3)"),
+        (["trainer.kernels=numba", "policy.shared_trunk=true"],
+         "config error: trainer.kernels: numba cannot run this policy: they need separate actor and critic trunks"),
     ],
 )
 def test_bad_overrides_exit_2_with_one_line(tmp_path, capsys, overrides, expected):

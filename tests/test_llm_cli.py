@@ -170,6 +170,8 @@ def test_a_local_hugging_face_directory(tmp_path, capsys):
         ({"trainer": {"strategy": "fsdp", "devices": 2}},
          "config error: trainer.strategy: 'fsdp' shards parameters over CUDA devices; set trainer.accelerator: gpu "
          "(got accelerator 'cpu')"),
+        ({"trainer": {"kernels": "numba"}},
+         "config error: trainer.kernels: the numba kernels run small MLP policies on gymnasium envs"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, overrides, expected):

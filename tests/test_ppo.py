@@ -82,32 +82,34 @@ def test_ppo_loss_gradient_is_zero_outside_the_clip_region():
     assert log_prob.grad.item() == 0.0
 
 
-def test_target_kl_stops_the_iteration_early():
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+def test_target_kl_stops_the_iteration_early(kernels):
     base = ["env.id=CartPole-v1", "algorithm.num_steps=64", "algorithm.num_minibatches=4", "algorithm.update_epochs=10"]
-    overrides = [*base, "trainer.total_timesteps=64", "algorithm.learning_rate=0.05", *QUIET]
+    overrides = [*base, "trainer.total_timesteps=64", "algorithm.learning_rate=0.05", f"trainer.kernels={kernels}",
+                 *QUIET]
     seen = {}
 
     def run(extra):
         cfg = load_config(None, overrides + extra, base={"algorithm": {"name": "ppo"}})
-        result = fit(cfg)
-        return result
+        return fit(cfg)
 
-    run([])
     from pgkit.algorithms import base as base_module
 
-    original = base_module.OnPolicyModule.accumulate
+    original = base_module.OnPolicyModule.accumulate_row
 
-    def counting(self, terms):
-        seen["n"] = seen.get("n", 0) + 1
-        return original(self, terms)
+    def counting(self, keys, row):
+        seen[self.cfg.algorithm.target_kl] = seen.get(self.cfg.algorithm.target_kl, 0) + 1
+        return original(self, keys, row)
 
-    base_module.OnPolicyModule.accumulate = counting
+    base_module.OnPolicyModule.accumulate_row = counting
     try:
+        run([])
         run(["algorithm.target_kl=0.001"])
     finally:
-        base_module.OnPolicyModule.accumulate = original
+        base_module.OnPolicyModule.accumulate_row = original
     # Without target_kl all 40 minibatches run; a huge lr blows the KL past 1.5 x 0.001 within the first pass.
-    assert 1 <= seen["n"] < 40
+    assert seen[None] == 40
+    assert 1 <= seen[0.001] < 40
 
 
 def test_clip_keeps_raw_action_in_buffer():

@@ -28,6 +28,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from pgkit.algorithms import kernel_update
 from pgkit.algorithms.batching import MinibatchIndices
 from pgkit.algorithms.compile import Compilation
 from pgkit.algorithms.distributed import check_ranks_agree, iteration_totals
@@ -67,6 +68,9 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
     #: (manual optimisation: DDP still averages gradients in ``manual_backward``). Lightning's per-batch machinery
     #: (hooks, closure, fetcher) costs about 1.8 ms a minibatch on CPU, more than PPO's minibatch of 64 itself.
     fused_minibatches: bool = False
+    #: The compiled minibatch step (``algorithm.update_kernel``) when the algorithm has one and the run qualifies;
+    #: :meth:`kernel_step` then replaces the autograd step in :meth:`minibatch_updates`.
+    update_kernel: Any = None
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -109,6 +113,10 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         #: Eager feedforward rollouts act through a fused copy of the acting network taken at the rollout's start
         #: (None: through the network itself). A plain function, never a module, so no part of the module's state.
         self.rollout_forward: FusedForward | None = None
+        #: Gaussian MLP policies act through a compiled kernel instead when ``trainer.kernels`` allows (see
+        #: :mod:`pgkit.algorithms.kernel_update`): decided once here, taken afresh at each rollout's start.
+        self.acting_kernel = kernel_update.wanted(self.policy, self.cfg.trainer, acting=True)
+        self.rollout_kernel: kernel_update.ActingKernel | None = None
 
     # ----------------------------------------------------------------------------------------------- environments
     @property
@@ -172,6 +180,9 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         """One acting step on processed observations and each env's recurrent state (``[N, 0]`` when feedforward):
         raw sample, its log-prob, the value, the env action and the next state. A pure tensor function, so
         ``trainer.compile`` can compile it."""
+        if self.rollout_kernel is not None:
+            raw, log_prob, value, env_action = self.rollout_kernel(norm_obs)
+            return raw, log_prob, value, env_action, state
         if self.rollout_forward is not None:
             dist, value = self.rollout_forward(norm_obs)
             next_state = state
@@ -231,12 +242,18 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         optimizer = self.optimizers()
         max_grad_norm = self.cfg.algorithm.max_grad_norm
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.update_kernel is not None:
+            self.update_kernel.prepare()
         for first in range(0, indices.shape[0], self.num_minibatches):
             self.start_pass(first)
             # One gather per pass, then contiguous slices: indexing the rows per minibatch costs more.
             batches = self.minibatch(indices[first : first + self.num_minibatches].reshape(-1))
             for batch in batches.split(indices.shape[1] * self.rows_per_unit):
                 self.mark_step()
+                if self.update_kernel is not None:
+                    if not self.kernel_step(batch, optimizer):
+                        return
+                    continue
                 terms = self.compute_loss(batch)
                 loss = terms["loss"]
                 if loss is None:
@@ -253,6 +270,11 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
                         continue
                 self.accumulate(terms)
                 optimizer.step()
+
+    def kernel_step(self, batch: TensorDict, optimizer: Any) -> bool:
+        """One minibatch through :attr:`update_kernel`: accumulate its terms and step ``optimizer``. False ends the
+        iteration's updates (as a ``None`` loss does)."""
+        raise NotImplementedError
 
     def on_train_epoch_end(self) -> None:
         self.finish_iteration({**self.rollout_metrics, **self.update_metrics()})

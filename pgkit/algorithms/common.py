@@ -10,9 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 def adam(params: Iterable[Any], lr: float = 1e-3, eps: float = 1e-8) -> torch.optim.Adam:
-    """Adam with the fused kernel: one call updates every parameter, where the default CPU path dispatches about
-    ten small ops per parameter tensor (a third of PPO's update time at CleanRL's sizes). Same update rule."""
-    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    """torch's Adam with the fused kernel (one call updates every parameter, where the default CPU path dispatches
+    about ten small ops per parameter tensor), whose CPU float32 steps run as one compiled loop
+    (:class:`pgkit.algorithms.adam.Adam`). Same update rule, state and ``state_dict`` as ``torch.optim.Adam``."""
+    from pgkit.algorithms.adam import Adam
+
+    return Adam(params, lr=lr, eps=eps)
 
 
 class AlgorithmConfigBase(BaseModel):

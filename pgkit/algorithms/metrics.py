@@ -33,6 +33,10 @@ class IterationMetrics:
         keys = tuple(key for key, value in terms.items() if value is not None)
         with torch.no_grad():  # one stacked row per minibatch: a handful of ops instead of four per term
             row = torch.stack([terms[key].float() for key in keys])
+        self.accumulate_row(keys, row)
+
+    def accumulate_row(self, keys: tuple[str, ...], row: Tensor) -> None:
+        """:meth:`accumulate` for terms already stacked into one row, in the order of ``keys``."""
         self._rows.setdefault(keys, []).append(row)
         self._count += 1
 

@@ -8,6 +8,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from pgkit.algorithms import kernel_update
 from pgkit.algorithms.base import OnPolicyModule
 from pgkit.algorithms.common import adam
 from pgkit.algorithms.configs import PPOConfig
@@ -76,6 +77,8 @@ class PPO(OnPolicyModule):
         self.algo = algo
         self.update_epochs, self.num_minibatches = algo.update_epochs, algo.num_minibatches
         self.automatic_optimization = False  # the base steps each minibatch itself (fused_minibatches)
+        if kernel_update.wanted(self.policy, self.cfg.trainer):  # trainer.kernels
+            self.update_kernel = kernel_update.KernelUpdate(self.policy, algo)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps)
@@ -108,6 +111,21 @@ class PPO(OnPolicyModule):
         weighted = algo.vf_coef * terms["loss_value"] + algo.ent_coef * terms["loss_entropy"]
         terms["loss"] = terms["loss_policy"] + weighted
         return terms
+
+    def kernel_step(self, batch: TensorDict, optimizer: torch.optim.Optimizer) -> bool:
+        row = self.update_kernel(
+            batch["obs"], batch["action"], batch["log_prob"], batch["advantage"], batch["value"], batch["return"]
+        )
+        keys = self.update_kernel.terms  # loss, the four terms of compute_loss, clip_fraction, [grad_norm]
+        target_kl = self.algo.target_kl
+        if target_kl is not None and float(row[4]) > 1.5 * target_kl:  # as compute_loss: no step, end the updates
+            self.accumulate_row(keys[1:6], row[1:6])
+            return False
+        if self.skip_batch(row[0]) or (len(keys) > 6 and self.skip_batch(row[6])):
+            return True
+        self.accumulate_row(keys, row)
+        optimizer.step()
+        return True
 
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:
         algo = self.algo

@@ -271,6 +271,9 @@ class LanguageExperimentConfig(BaseModel):
         if isinstance(algo, TextGRPOConfig):
             algo.check_beta()
         self.trainer.check()
+        if self.trainer.kernels == "numba":
+            raise ValueError("trainer.kernels: the numba kernels run small MLP policies on gymnasium envs; a language "
+                             "model trains through torch (got 'numba')")
         self.logger.check()
         if self.trainer.output_dir is None:
             object.__setattr__(self.trainer, "output_dir", f"runs/{self.default_run_name}")

@@ -1,0 +1,175 @@
+"""``trainer.kernels``: acting and PPO's minibatch step through the compiled loops of
+:mod:`pgkit.algorithms.mlp_kernels`.
+
+The kernels cover the policies most MuJoCo and classic-control runs use: separate MLP trunks for the actor and the
+critic (tanh or ReLU) on a vector observation, on one CPU process without ``torch.compile``. Acting takes a diagonal
+Gaussian of state-independent log-std; PPO's update takes that or one categorical. :func:`unsupported` names what
+rules a run out; ``auto`` then keeps the torch path, which handles everything.
+
+The kernels read the parameters, and write their ``.grad``, in place through numpy views of the same memory, so the
+optimizer, checkpoints and the learning-rate schedule see exactly what the torch path gives them, up to float
+rounding. Acting draws its noise with ``torch.randn``, as the torch path does, so a seed gives the same stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pgkit.distributions.heads import CategoricalHead, GaussianHead
+from pgkit.environments.actions import ActionAdapter
+from pgkit.errors import ConfigError
+from pgkit.networks.actor_critic import ActorCritic
+
+_ACTIVATIONS = {nn.Tanh: False, nn.ReLU: True}  # activation -> the kernels' ``relu`` flag
+_BOUNDS = {"clip": 0, "rescale": 1, "none": 2}  # ActionAdapter.mode -> mlp_kernels.BOUNDS_*
+
+
+def _linears(trunk: nn.Module | None) -> tuple[list[nn.Linear], bool] | str:
+    """The linear layers of an MLP trunk and whether its activation is ReLU, or why the kernels cannot run it."""
+    if not isinstance(trunk, nn.Sequential) or len(trunk) == 0 or len(trunk) % 2:
+        return "the actor and the critic must be MLPs with at least one hidden layer"
+    linears, activations = list(trunk)[0::2], {type(m) for m in list(trunk)[1::2]}
+    if not all(isinstance(linear, nn.Linear) for linear in linears):
+        return "the actor and the critic must be MLPs"
+    if len(activations) != 1 or next(iter(activations)) not in _ACTIVATIONS:
+        return "policy.activation must be tanh or relu"
+    return linears, _ACTIVATIONS[next(iter(activations))]
+
+
+def unsupported(policy: ActorCritic, trainer: Any) -> str | None:
+    """Why the kernels cannot run ``policy`` under ``trainer`` (a ``TrainerConfig``), or None if they can."""
+    if trainer.accelerator not in ("cpu", "auto") or (trainer.accelerator == "auto" and torch.cuda.is_available()):
+        return "they run on the CPU (trainer.accelerator: cpu)"
+    if trainer.devices * trainer.num_nodes > 1:
+        return "they run in one process (trainer.devices and trainer.num_nodes: 1)"
+    if trainer.compile is True:
+        return "trainer.compile compiles the torch path instead"
+    if policy.encoder is not None or policy.critic_encoder is not None:
+        return "they need a flat vector observation (no encoder)"
+    if policy.recurrent:
+        return "they need a feedforward policy (no policy.recurrent)"
+    if policy.shared:
+        return "they need separate actor and critic trunks (policy.shared_trunk: false)"
+    for trunk in (_linears(policy.actor_trunk), _linears(policy.critic_trunk)):
+        if isinstance(trunk, str):
+            return trunk
+    head = policy.head
+    if isinstance(head, GaussianHead) and (head.squash or head.state_dependent):
+        return "a Gaussian head must be policy.distribution: normal with policy.log_std: state_independent"
+    if isinstance(head, CategoricalHead) and len(head.nvec) != 1:
+        return "a categorical head must act in a Discrete space"
+    if not isinstance(head, GaussianHead | CategoricalHead):
+        return f"the head {type(head).__name__} has no kernel"
+    if any(p.dtype != torch.float32 for p in policy.parameters()):
+        return "the parameters must be float32"
+    return None
+
+
+def wanted(policy: ActorCritic, trainer: Any, acting: bool = False) -> bool:
+    """Whether to use a kernel under ``trainer.kernels``: ``torch`` never, ``auto`` when the run qualifies, ``numba``
+    always (raising :class:`ConfigError` naming what rules the run out). With ``acting``, the acting kernel, which
+    exists for Gaussian heads only: a categorical policy acts through torch (sampling is not its cost)."""
+    if trainer.kernels == "torch":
+        return False
+    reason = unsupported(policy, trainer)
+    if reason is not None and trainer.kernels == "numba":
+        raise ConfigError(f"config error: trainer.kernels: numba cannot run this policy: {reason} (got 'numba'; "
+                          "auto falls back to torch)")
+    return reason is None and (not acting or isinstance(policy.head, GaussianHead))
+
+
+def _parameters(policy: ActorCritic) -> tuple[Any, ...]:
+    """The trunks' weights and biases and the two heads' (and the log-std: None for a categorical head), in the
+    argument order of :mod:`pgkit.algorithms.mlp_kernels`."""
+    actor, _ = _linears(policy.actor_trunk)
+    critic, _ = _linears(policy.critic_trunk)
+    gaussian = isinstance(policy.head, GaussianHead)
+    head: nn.Linear = policy.head.mean if gaussian else policy.head.logits
+    return (
+        tuple(layer.weight for layer in actor), tuple(layer.bias for layer in actor), head.weight, head.bias,
+        policy.head.log_std_param if gaussian else None,
+        tuple(layer.weight for layer in critic), tuple(layer.bias for layer in critic),
+        policy.value_head.weight, policy.value_head.bias,
+    )
+
+
+def _numpy(t: Tensor | None) -> np.ndarray:
+    return np.zeros(0, np.float32) if t is None else t.detach().numpy()
+
+
+def _views(parameters: tuple[Any, ...], grad: bool = False) -> tuple[Any, ...]:
+    """Numpy views of :func:`_parameters` (of their gradients with ``grad``), in the same structure."""
+    def view(p: Tensor | None) -> np.ndarray:
+        return _numpy(p if p is None or not grad else p.grad)
+
+    return tuple(tuple(view(p) for p in part) if isinstance(part, tuple) else view(part) for part in parameters)
+
+
+class ActingKernel:
+    """``norm_obs -> (raw, log_prob, value, env_action)`` for a Gaussian MLP policy, by
+    :func:`pgkit.algorithms.mlp_kernels.act_mlp_normal`; take one per rollout (it views the current weights)."""
+
+    def __init__(self, policy: ActorCritic, adapter: ActionAdapter) -> None:
+        from pgkit.algorithms import mlp_kernels
+
+        self.kernel = mlp_kernels.act_mlp_normal
+        self.layers = _views(_parameters(policy))
+        self.relu = _linears(policy.actor_trunk)[1]
+        self.bounds = (_BOUNDS[adapter.mode], _numpy(adapter.low), _numpy(adapter.high))
+        self.width = policy.head.mean.out_features
+
+    def __call__(self, norm_obs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        noise = torch.randn(norm_obs.shape[0], self.width)  # as Normal.sample_with_log_prob draws it
+        out = self.kernel(norm_obs.contiguous().numpy(), noise.numpy(), *self.layers, self.relu, *self.bounds)
+        return tuple(torch.from_numpy(a) for a in out)
+
+
+class KernelUpdate:
+    """PPO's minibatch loss, gradients and clipping for one eligible :class:`ActorCritic` (see :func:`unsupported`).
+
+    Call :meth:`prepare` once per iteration (it gives every parameter a ``.grad`` and takes numpy views of them),
+    then the object once per minibatch: it returns the minibatch's terms as one row (:attr:`terms` order, the
+    gradient norm last when clipping) with the gradients written and clipped, ready for ``optimizer.step()``.
+    """
+
+    def __init__(self, policy: ActorCritic, algo: Any) -> None:
+        from pgkit.algorithms import mlp_kernels
+
+        self.policy = policy
+        self.kernel = mlp_kernels.ppo_mlp_step
+        radius, mode = algo.value_clipping()
+        self.settings = (
+            mlp_kernels.NORMAL if isinstance(policy.head, GaussianHead) else mlp_kernels.CATEGORICAL,
+            _linears(policy.actor_trunk)[1], float(algo.clip_range), float(algo.vf_coef), float(algo.ent_coef),
+            -1.0 if radius is None else float(radius),
+            mlp_kernels.VALUE_CLIP_MAX if mode == "max" else mlp_kernels.VALUE_CLIP_CLIPPED,
+            bool(algo.normalize_advantage), float(algo.max_grad_norm or 0.0),
+        )
+        #: The names of the row's entries: PPO's ``compute_loss`` terms, then ``grad_norm`` when clipping.
+        self.terms = mlp_kernels.TERMS if algo.max_grad_norm is not None else mlp_kernels.TERMS[:-1]
+        self.arguments: tuple[Any, ...] = ()
+
+    def prepare(self) -> None:
+        """Give every parameter a gradient buffer and view the parameters and gradients as numpy arrays."""
+        for p in self.policy.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        parameters = _parameters(self.policy)
+        self.arguments = (*_views(parameters), *_views(parameters, grad=True))
+
+    def __call__(
+        self, obs: Tensor, action: Tensor, old_log_prob: Tensor, advantage: Tensor, old_value: Tensor, ret: Tensor
+    ) -> Tensor:
+        rows = obs.shape[0]
+        arrays = [t.detach().reshape(rows, -1).to(torch.float32).contiguous().numpy() for t in (obs, action)]
+        arrays += [t.detach().to(torch.float32).contiguous().numpy() for t in (old_log_prob, advantage, old_value, ret)]
+        out = np.empty(len(self.terms) + (len(self.terms) < 7))
+        self.kernel(*arrays, *self.arguments, *self.settings, out)
+        return torch.from_numpy(out[: len(self.terms)]).float()
+
+
+__all__ = ["ActingKernel", "KernelUpdate", "unsupported", "wanted"]
