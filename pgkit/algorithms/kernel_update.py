@@ -124,7 +124,8 @@ class ActingKernel:
 
     def __call__(self, norm_obs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         noise = torch.randn(norm_obs.shape[0], self.width)  # as Normal.sample_with_log_prob draws it
-        out = self.kernel(norm_obs.contiguous().numpy(), noise.numpy(), *self.layers, self.relu, *self.bounds)
+        obs = norm_obs.to(torch.float32).contiguous().numpy()
+        out = self.kernel(obs, noise.numpy(), *self.layers, self.relu, *self.bounds)
         return tuple(torch.from_numpy(a) for a in out)
 
 
@@ -150,7 +151,8 @@ class KernelUpdate:
             bool(algo.normalize_advantage), float(algo.max_grad_norm or 0.0),
         )
         #: The names of the row's entries: PPO's ``compute_loss`` terms, then ``grad_norm`` when clipping.
-        self.terms = mlp_kernels.TERMS if algo.max_grad_norm is not None else mlp_kernels.TERMS[:-1]
+        self.all_terms = mlp_kernels.TERMS
+        self.terms = self.all_terms if algo.max_grad_norm is not None else self.all_terms[:-1]
         self.arguments: tuple[Any, ...] = ()
 
     def prepare(self) -> None:
@@ -167,7 +169,7 @@ class KernelUpdate:
         rows = obs.shape[0]
         arrays = [t.detach().reshape(rows, -1).to(torch.float32).contiguous().numpy() for t in (obs, action)]
         arrays += [t.detach().to(torch.float32).contiguous().numpy() for t in (old_log_prob, advantage, old_value, ret)]
-        out = np.empty(len(self.terms) + (len(self.terms) < 7))
+        out = np.empty(len(self.all_terms))
         self.kernel(*arrays, *self.arguments, *self.settings, out)
         return torch.from_numpy(out[: len(self.terms)]).float()
 
