@@ -240,19 +240,24 @@ def main() -> None:
         def key(learner: str, env: str, seed: int) -> tuple[Any, ...]:
             return learner, env, seed, args.config if learner == "pgkit" else None
 
-        def have(learner: str, env: str, seed: int) -> dict[str, Any] | None:
-            return next((r for r in results if (r["learner"], r["env"], r["seed"], r.get("config")) ==
-                         key(learner, env, seed)), None)
+        def entry_key(r: dict[str, Any]) -> tuple[Any, ...]:
+            return r["learner"], r["env"], r["seed"], r.get("config")
 
-        if args.replace:
-            chosen = args.learners.split(",")
-            results = [r for r in results if not (r["learner"] in chosen and r["env"] in envs and r["seed"] in seeds
-                                                  and r.get("config") == key(r["learner"], r["env"], r["seed"])[3])]
+        # With --replace the chosen learners' entries are run again; each old entry stays in the file until its
+        # replacement is saved, so an interrupted run loses nothing.
+        stale = {entry_key(r) for r in results if args.replace and r["learner"] in args.learners.split(",")}
+
+        def have(learner: str, env: str, seed: int) -> dict[str, Any] | None:
+            wanted = key(learner, env, seed)
+            return None if wanted in stale else next((r for r in results if entry_key(r) == wanted), None)
 
         def save(entry: dict[str, Any]) -> None:
             entry["returns"] = [round(x, 2) for x in entry["returns"]]  # the file stays small; times to 1 ms
             entry["seconds"] = [round(x, 3) for x in entry["seconds"]]
             entry["time_to_score"] = time_to_score(entry["returns"], entry["seconds"], entry["threshold"])
+            if entry_key(entry) in stale:
+                stale.discard(entry_key(entry))
+                results[:] = [r for r in results if entry_key(r) != entry_key(entry)]
             results.append(entry)
             args.results.parent.mkdir(parents=True, exist_ok=True)
             tmp = args.results.with_suffix(".tmp")

@@ -138,11 +138,11 @@ class Collector:
         actor = m.acting_policy
         recurrent = actor.recurrent
         m.rollout_kernel = None
-        if m.acting_kernel:  # trainer.kernels: the compiled acting step (a Gaussian MLP policy on CPU)
+        if m.use_acting_kernel:  # trainer.kernels: the compiled acting step (a Gaussian MLP policy on CPU)
             from pgkit.algorithms.kernel_update import ActingKernel
 
             m.rollout_kernel = ActingKernel(actor, m.action_adapter)
-        m.rollout_forward = None if m._compiled or recurrent or m.acting_kernel else fuse(actor)
+        m.rollout_forward = None if m._compiled or recurrent or m.use_acting_kernel else fuse(actor)
         state = self.state
         episodes: list[tuple[float, int]] = []
         any_end = np.zeros(m.num_envs, dtype=bool)

@@ -61,8 +61,10 @@ class TrainerConfig(BaseModel):
     (:mod:`pgkit.algorithms.mlp_kernels`): the acting step of a Gaussian policy, and PPO's whole minibatch step (loss,
     gradients, clipping), equal to the torch path up to float rounding and several times faster at CleanRL's sizes.
     They need separate tanh or ReLU MLP trunks on a vector observation, a ``normal`` head with state-independent
-    log-std (PPO's update also takes ``categorical``), one CPU process and no ``compile``; ``numba`` refuses a run
-    that does not qualify. ``auto``: each kernel where the run qualifies, torch elsewhere. Gymnasium runs only."""
+    log-std or a ``categorical`` one, one CPU process and no ``compile``; ``numba`` refuses (exit 2) a policy or run
+    that does not qualify. Kernels a run has no use for stay torch: acting with a categorical head (sampling is not
+    its cost), and the update outside PPO. ``auto``: the kernels where the run qualifies, torch elsewhere. Gymnasium
+    runs only."""
     cuda_graphs: bool = True
     """When compiling on CUDA, also capture CUDA graphs (``mode="reduce-overhead"``): the acting step and the
     minibatch loss have static shapes, so each replays as one graph launch."""

@@ -208,3 +208,24 @@ class RankMissingEnv(CounterEnv):
         if os.environ.get("RANK") == "1":
             raise ImportError("simulated missing library on rank 1")
         super().__init__(terminate_at=10)
+
+
+class AsymmetricBoxEnv(gym.Env):
+    """Random 4-dim observations and a 3-dim Box action space with different, asymmetric bounds per dimension;
+    episodes of 10 steps. For checks of per-dimension action handling."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+        low, high = np.array([-1.0, -2.0, 0.0], np.float32), np.array([2.0, 1.0, 0.5], np.float32)
+        self.action_space = gym.spaces.Box(low, high)
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.normal(size=4).astype(np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        reward = -float(np.square(np.asarray(action) - 0.3).sum())
+        return self.np_random.normal(size=4).astype(np.float32), reward, False, self.t >= 10, {}

@@ -69,11 +69,15 @@ CASES = [
     ("CartPole-v1", ["algorithm.ent_coef=0.05", "algorithm.clip_vloss=true", "policy.activation=relu"]),
     ("Acrobot-v1", ["algorithm.clip_range_vf=0.2", "algorithm.vf_coef=1.3", "algorithm.clip_range=0.1",
                     "algorithm.max_grad_norm=0.05"]),
+    ("envs_for_tests:AsymmetricBoxEnv", ["algorithm.ent_coef=0.02", "policy.actor_hidden=[16]",
+                                         "policy.critic_hidden=[8, 8]"]),
 ]
 
 
 @pytest.mark.parametrize(("env_id", "overrides"), CASES)
 def test_kernel_terms_and_gradients_equal_autograd(env_id, overrides):
+    if not any(o.startswith("algorithm.max_grad_norm") for o in overrides):
+        overrides = [*overrides, "algorithm.max_grad_norm=0.1"]  # small enough that every case clips
     module = ppo_module(env_id, overrides)
     assert isinstance(module.update_kernel, KernelUpdate)
     batch = minibatch(module, 64, seed=len(overrides))
@@ -85,6 +89,8 @@ def test_kernel_terms_and_gradients_equal_autograd(env_id, overrides):
     torch.testing.assert_close(row, expected, rtol=2e-5, atol=1e-6)
     # The case must exercise what it is meant to: clipped ratios, and gradients clipped when max_grad_norm is set.
     assert 0.0 < float(expected[5]) < 1.0
+    if module.algo.max_grad_norm is not None:
+        assert float(expected[6]) > module.algo.max_grad_norm
     for name, p in module.policy.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-7, msg=name)
 
@@ -131,22 +137,22 @@ def test_kernel_tanh_stays_within_float32_rounding_and_keeps_nan():
 )
 def test_ineligible_runs_fall_back_to_torch_or_refuse_numba(overrides, reason):
     module = ppo_module("Pendulum-v1", overrides)
-    assert module.update_kernel is None and not module.acting_kernel
+    assert module.update_kernel is None and not module.use_acting_kernel
     assert reason in unsupported(module.policy, module.cfg.trainer)
     refused = r"^config error: trainer\.kernels: numba cannot run this policy: .*"
     with pytest.raises(ConfigError, match=refused + reason[:8]):
         ppo_module("Pendulum-v1", [*overrides, "trainer.kernels=numba"])
     eligible = ppo_module("Pendulum-v1", [])
-    assert eligible.update_kernel is not None and eligible.acting_kernel
+    assert eligible.update_kernel is not None and eligible.use_acting_kernel
     off = ppo_module("Pendulum-v1", ["trainer.kernels=torch"])
-    assert off.update_kernel is None and not off.acting_kernel
+    assert off.update_kernel is None and not off.use_acting_kernel
 
 
 def test_categorical_policies_update_through_the_kernel_but_act_through_torch():
     module = ppo_module("CartPole-v1", [])
-    assert module.update_kernel is not None and not module.acting_kernel
+    assert module.update_kernel is not None and not module.use_acting_kernel
     required = ppo_module("CartPole-v1", ["trainer.kernels=numba"])
-    assert required.update_kernel is not None and not required.acting_kernel
+    assert required.update_kernel is not None and not required.use_acting_kernel
 
 
 @pytest.mark.parametrize(
@@ -182,12 +188,29 @@ def test_an_iteration_through_the_kernel_equals_one_through_autograd(env_id, ext
         torch.testing.assert_close(moments_numba[index]["exp_avg_sq"], state["exp_avg_sq"], rtol=2e-3, atol=1e-10)
 
 
-@pytest.mark.parametrize("bounds", ["clip", "rescale", "none"])
-def test_acting_kernel_equals_the_module_step(bounds):
+def test_a_nan_input_spreads_into_every_gradient_as_in_torch():
+    module = ppo_module("Pendulum-v1", [])
+    batch = list(minibatch(module, 16, seed=5))
+    batch[0][3, 1] = float("nan")
+    _, grads = autograd_terms(module, batch)
+    kernel = module.update_kernel
+    kernel.prepare()
+    row = kernel(*batch)
+    assert torch.isnan(row[6])
+    for name, p in module.policy.named_parameters():
+        assert torch.isnan(grads[name]).all() and torch.isnan(p.grad).all(), name
+
+
+@pytest.mark.parametrize(
+    ("env_id", "bounds"),
+    [("Pendulum-v1", "clip"), ("Pendulum-v1", "rescale"), ("Pendulum-v1", "none"),
+     ("envs_for_tests:AsymmetricBoxEnv", "clip"), ("envs_for_tests:AsymmetricBoxEnv", "rescale")],
+)
+def test_acting_kernel_equals_the_module_step(env_id, bounds):
     """Same torch seed, same noise: the kernel's raw action, log-prob, value and env action are the module's."""
-    module = ppo_module("Pendulum-v1", [f"env.action_bounds={bounds}", "policy.log_std_init=1.0"])
-    minibatch(module, 1, seed=3)  # moves the weights off their initialisation
-    obs = 2.0 * torch.randn(20, 3, generator=torch.Generator().manual_seed(1))
+    module = ppo_module(env_id, [f"env.action_bounds={bounds}", "policy.log_std_init=1.0"])
+    minibatch(module, 1, seed=3)  # moves the weights (the log-stds too, each its own way) off their initialisation
+    obs = 2.0 * torch.randn(20, module.observation_space.shape[0], generator=torch.Generator().manual_seed(1))
     kernel = ActingKernel(module.policy, module.action_adapter)
     torch.manual_seed(7)
     got = kernel(obs)
@@ -197,8 +220,8 @@ def test_acting_kernel_equals_the_module_step(bounds):
     for name, a, b in zip(("raw", "log_prob", "value", "env_action"), got, want, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-    low, high = float(module.action_adapter.low[0]), float(module.action_adapter.high[0])
-    assert (float(got[3].min()) >= low and float(got[3].max()) <= high) or bounds == "none"
+    low, high = module.action_adapter.low, module.action_adapter.high
+    assert bounds == "none" or bool(((got[3] >= low) & (got[3] <= high)).all())
     assert (got[3] != got[0]).any() or bounds == "none"  # some actions were clipped or rescaled
 
 
@@ -218,7 +241,6 @@ def test_adam_equals_torch_fused_adam_and_shares_its_state_dict():
         reference.step()
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-        assert not torch.equal(a, torch.randn(a.shape, generator=torch.Generator().manual_seed(0)))
     state = mine.state_dict()
     assert state["state"][0]["step"].dtype == torch.float32 and float(state["state"][0]["step"]) == 60
     restored = Adam([torch.nn.Parameter(p.detach().clone()) for p in ours], lr=1.0)
@@ -232,11 +254,78 @@ def test_adam_equals_torch_fused_adam_and_shares_its_state_dict():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
 
 
-def test_adam_leaves_what_it_cannot_take_to_torch():
-    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
-    opt = Adam([p], lr=0.1)
-    for _ in range(2):
-        p.grad = torch.ones(3, dtype=torch.float64)
+def test_adam_steps_persistent_gradients_through_the_loop_and_survives_reloading_and_copies(monkeypatch):
+    """Gradients written in place (as the update kernel writes them) take the compiled loop from the second step on;
+    a state loaded mid-run and a deep copy go on equal to torch's Adam."""
+    from pgkit.algorithms import adam as adam_module
+
+    calls = []
+    loop = adam_module.adam_update
+    monkeypatch.setattr(adam_module, "adam_update", lambda *a: calls.append(1) or loop(*a))
+    gen = torch.Generator().manual_seed(1)
+    ours = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(6, 4), (6,), (2, 6)]]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    mine, reference = Adam(ours, lr=1e-2, eps=1e-5), torch.optim.Adam(theirs, lr=1e-2, eps=1e-5, fused=True)
+    for p, q in zip(ours, theirs, strict=True):
+        p.grad, q.grad = torch.zeros_like(p), torch.zeros_like(q)
+
+    def step(pairs):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        for opt, params in pairs:
+            for p, g in zip(params, grads, strict=True):
+                if p.grad is None:  # a deep copy's parameters start without gradients
+                    p.grad = g.clone()
+                else:
+                    p.grad.copy_(g)
+            opt.step()
+
+    for _ in range(5):
+        step([(mine, ours), (reference, theirs)])
+    assert len(calls) == 3  # the first step creates the state, the second sees the same gradients again
+    mine.load_state_dict(copy.deepcopy(reference.state_dict()))
+    for _ in range(3):
+        step([(mine, ours), (reference, theirs)])
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+    copied = copy.deepcopy(mine)
+    copied_params = copied.param_groups[0]["params"]
+    for _ in range(3):
+        step([(copied, copied_params), (reference, theirs)])
+    for a, b in zip(copied_params, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+    assert len(calls) > 6
+
+
+@pytest.mark.parametrize("case", ["float64", "tensor lr", "a parameter without a gradient", "amsgrad",
+                                  "new gradients each step"])
+def test_adam_leaves_what_the_loop_cannot_take_to_torch(case, monkeypatch):
+    from pgkit.algorithms import adam as adam_module
+
+    def refuse(*args):
+        raise AssertionError("the compiled loop must not run here")
+
+    monkeypatch.setattr(adam_module, "adam_update", refuse)
+    dtype = torch.float64 if case == "float64" else torch.float32
+    params = [torch.nn.Parameter(torch.ones(3, dtype=dtype)), torch.nn.Parameter(torch.ones(2, dtype=dtype))]
+    reference_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = Adam(params, lr=0.1)
+    reference = torch.optim.Adam(reference_params, lr=0.1, fused=True)
+    for group in (opt.param_groups[0], reference.param_groups[0]):
+        if case == "tensor lr":
+            group["lr"] = torch.tensor(0.1)
+        if case == "amsgrad":
+            group["amsgrad"] = True
+    for step in range(4):
+        for ps in (params, reference_params):
+            for i, p in enumerate(ps):
+                if case == "a parameter without a gradient" and i == 1:
+                    continue
+                if case == "new gradients each step" or p.grad is None:
+                    p.grad = torch.full_like(p, 1.0 + step)
+                else:
+                    p.grad.fill_(1.0 + step)
         opt.step()
-    # two steps of a constant gradient move each weight by lr per step
-    torch.testing.assert_close(p.detach(), torch.full((3,), 0.8, dtype=torch.float64), rtol=0, atol=1e-6)
+        reference.step()
+    for p, q in zip(params, reference_params, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6)
+    assert not torch.equal(params[0].detach(), torch.ones(3, dtype=dtype))

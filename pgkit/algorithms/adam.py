@@ -11,8 +11,9 @@ rule (``torch/optim/adam.py``, no AMSGrad, no weight decay)::
     m = m + (1 - beta1) (g - m);  v = beta2 v + (1 - beta2) g^2
     p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
-Anything else (CUDA or non-float32 tensors, AMSGrad, weight decay, a parameter without a gradient, the first step,
-which creates the state) goes through ``torch.optim.Adam.step`` itself.
+Anything else (CUDA or non-float32 tensors, AMSGrad, weight decay, a tensor learning rate, a parameter without a
+gradient, the first step, which creates the state, and gradients that are new tensors at each step) goes through
+``torch.optim.Adam.step`` itself.
 """
 
 from __future__ import annotations
@@ -50,41 +51,71 @@ def _flat(t: torch.Tensor) -> np.ndarray:
 
 
 class Adam(torch.optim.Adam):
-    """``torch.optim.Adam(params, lr, eps=eps, fused=True)`` whose CPU float32 steps run as one compiled loop."""
+    """``torch.optim.Adam(params, lr, eps=eps, fused=True)`` whose CPU float32 steps run as one compiled loop.
+
+    The loop runs on numpy views of the parameters, gradients and state, taken when the same gradient tensors come
+    back for a second step (PPO's kernels write into persistent gradients) and kept while every tensor is the one
+    viewed. Code that sets gradients to None between steps (``zero_grad()``'s default) gets torch's own step, as
+    views retaken at every step would cost more than they save.
+    """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, eps: float = 1e-8) -> None:
         super().__init__(params, lr=lr, eps=eps, fused=True)
-        self._views: list[tuple[list[torch.Tensor], tuple[tuple[np.ndarray, ...], ...]] | None] = []
+        self._reset_views()
+
+    def _reset_views(self) -> None:
+        self._views: dict[int, tuple[list[Any], tuple[tuple[np.ndarray, ...], ...]]] = {}
+        self._last_grads: list[list[int]] = []
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # copies and unpickling keep torch's attributes only
+        super().__setstate__(state)
+        self._reset_views()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._views = []  # the state tensors were replaced
+        self._reset_views()  # the state tensors were replaced
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        self._views = []
+        if hasattr(self, "_views"):  # torch's __init__ adds the first groups before ours runs
+            self._reset_views()
+
+    def _still_valid(self, params: list[torch.Tensor], cached: list[tuple[Any, ...]]) -> bool:
+        """Whether every parameter still has the memory, gradient and state tensors its cached views were taken of."""
+        if len(params) != len(cached):
+            return False
+        for p, (ptr, grad, state, exp_avg, exp_avg_sq, step) in zip(params, cached, strict=True):
+            if p.grad is not grad or p.data_ptr() != ptr or self.state.get(p) is not state \
+                    or state["exp_avg"] is not exp_avg or state["exp_avg_sq"] is not exp_avg_sq \
+                    or state["step"] is not step:
+                return False
+        return True
 
     def _group_views(self, index: int, group: dict[str, Any]) -> tuple[tuple[np.ndarray, ...], ...] | None:
-        """Numpy views of a group's parameters, gradients, moments and steps, or None when the compiled loop cannot
-        take this group now. Cached while every gradient is the same tensor as when they were taken."""
-        params: list[torch.Tensor] = group["params"]
-        if len(self._views) <= index:
-            self._views.extend([None] * (index + 1 - len(self._views)))
-        cached = self._views[index]
-        if cached is not None and all(p.grad is g for p, g in zip(params, cached[0], strict=True)):
-            return cached[1]
+        """Numpy views of a group's parameters, gradients, moments and steps, or None when the compiled loop does not
+        take this group now (torch's step does)."""
         if group["amsgrad"] or group["weight_decay"] or group["maximize"] or group["capturable"] \
                 or group["differentiable"] or torch.is_tensor(group["lr"]):
             return None
-        for p in params:
-            state = self.state.get(p)
+        params: list[torch.Tensor] = group["params"]
+        cached = self._views.get(index)
+        if cached is not None and self._still_valid(params, cached[0]):
+            return cached[1]
+        states = [self.state.get(p) for p in params]
+        for p, state in zip(params, states, strict=True):
             if p.grad is None or not state or p.dtype != torch.float32 or p.device.type != "cpu" \
                     or p.grad.layout != torch.strided or not (p.is_contiguous() and p.grad.is_contiguous()):
                 return None
-        states = [self.state[p] for p in params]
+        grads = [id(p.grad) for p in params]
+        repeated = index < len(self._last_grads) and self._last_grads[index] == grads
+        while len(self._last_grads) <= index:
+            self._last_grads.append([])
+        self._last_grads[index] = grads
+        if not repeated:  # new gradient tensors at every step: views would not be reused
+            return None
         views = tuple(
-            tuple(_flat(t) for t in tensors)
-            for tensors in (
+            tuple(_flat(t) for t in column)
+            for column in (
                 params,
                 [p.grad for p in params],
                 [s["exp_avg"] for s in states],
@@ -92,7 +123,9 @@ class Adam(torch.optim.Adam):
                 [s["step"] for s in states],
             )
         )
-        self._views[index] = ([p.grad for p in params], views)
+        keys = [(p.data_ptr(), p.grad, s, s["exp_avg"], s["exp_avg_sq"], s["step"]) for p, s in zip(params, states,
+                                                                                                    strict=True)]
+        self._views[index] = (keys, views)
         return views
 
     @torch.no_grad()
@@ -101,12 +134,11 @@ class Adam(torch.optim.Adam):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        groups = list(enumerate(self.param_groups))
-        views = [self._group_views(index, group) for index, group in groups]
+        views = [self._group_views(index, group) for index, group in enumerate(self.param_groups)]
         if any(v is None for v in views):
             super().step()
             return loss
-        for (_, group), arrays in zip(groups, views, strict=True):
+        for group, arrays in zip(self.param_groups, views, strict=True):
             beta1, beta2 = group["betas"]
             adam_update(*arrays, float(group["lr"]), float(beta1), float(beta2), float(group["eps"]))
         return loss

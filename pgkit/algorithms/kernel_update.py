@@ -13,7 +13,7 @@ rounding. Acting draws its noise with ``torch.randn``, as the torch path does, s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,8 +24,11 @@ from pgkit.environments.actions import ActionAdapter
 from pgkit.errors import ConfigError
 from pgkit.networks.actor_critic import ActorCritic
 
+if TYPE_CHECKING:
+    from pgkit.algorithms.configs import PPOConfig
+    from pgkit.run_config import TrainerConfig
+
 _ACTIVATIONS = {nn.Tanh: False, nn.ReLU: True}  # activation -> the kernels' ``relu`` flag
-_BOUNDS = {"clip": 0, "rescale": 1, "none": 2}  # ActionAdapter.mode -> mlp_kernels.BOUNDS_*
 
 
 def _linears(trunk: nn.Module | None) -> tuple[list[nn.Linear], bool] | str:
@@ -33,16 +36,18 @@ def _linears(trunk: nn.Module | None) -> tuple[list[nn.Linear], bool] | str:
     if not isinstance(trunk, nn.Sequential) or len(trunk) == 0 or len(trunk) % 2:
         return "the actor and the critic must be MLPs with at least one hidden layer"
     linears, activations = list(trunk)[0::2], {type(m) for m in list(trunk)[1::2]}
-    if not all(isinstance(linear, nn.Linear) for linear in linears):
-        return "the actor and the critic must be MLPs"
+    if not all(isinstance(linear, nn.Linear) and linear.bias is not None for linear in linears):
+        return "the actor and the critic must be MLPs of linear layers with biases"
     if len(activations) != 1 or next(iter(activations)) not in _ACTIVATIONS:
         return "policy.activation must be tanh or relu"
     return linears, _ACTIVATIONS[next(iter(activations))]
 
 
-def unsupported(policy: ActorCritic, trainer: Any) -> str | None:
-    """Why the kernels cannot run ``policy`` under ``trainer`` (a ``TrainerConfig``), or None if they can."""
-    if trainer.accelerator not in ("cpu", "auto") or (trainer.accelerator == "auto" and torch.cuda.is_available()):
+def unsupported(policy: ActorCritic, trainer: TrainerConfig) -> str | None:
+    """Why the kernels cannot run ``policy`` under ``trainer``, or None if they can."""
+    # Lightning's "auto" takes an accelerator when there is one (CUDA, Apple's MPS): the kernels need the CPU.
+    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if trainer.accelerator not in ("cpu", "auto") or (trainer.accelerator == "auto" and accelerated):
         return "they run on the CPU (trainer.accelerator: cpu)"
     if trainer.devices * trainer.num_nodes > 1:
         return "they run in one process (trainer.devices and trainer.num_nodes: 1)"
@@ -64,12 +69,14 @@ def unsupported(policy: ActorCritic, trainer: Any) -> str | None:
         return "a categorical head must act in a Discrete space"
     if not isinstance(head, GaussianHead | CategoricalHead):
         return f"the head {type(head).__name__} has no kernel"
+    if any(layer.bias is None for layer in (*head.linears(), policy.value_head)):
+        return "the heads must be linear layers with biases"
     if any(p.dtype != torch.float32 for p in policy.parameters()):
         return "the parameters must be float32"
     return None
 
 
-def wanted(policy: ActorCritic, trainer: Any, acting: bool = False) -> bool:
+def wanted(policy: ActorCritic, trainer: TrainerConfig, acting: bool = False) -> bool:
     """Whether to use a kernel under ``trainer.kernels``: ``torch`` never, ``auto`` when the run qualifies, ``numba``
     always (raising :class:`ConfigError` naming what rules the run out). With ``acting``, the acting kernel, which
     exists for Gaussian heads only: a categorical policy acts through torch (sampling is not its cost)."""
@@ -119,10 +126,12 @@ class ActingKernel:
         self.kernel = mlp_kernels.act_mlp_normal
         self.layers = _views(_parameters(policy))
         self.relu = _linears(policy.actor_trunk)[1]
-        self.bounds = (_BOUNDS[adapter.mode], _numpy(adapter.low), _numpy(adapter.high))
+        mode = {"clip": mlp_kernels.BOUNDS_CLIP, "rescale": mlp_kernels.BOUNDS_RESCALE, "none": mlp_kernels.BOUNDS_NONE}
+        self.bounds = (mode[adapter.mode], _numpy(adapter.low), _numpy(adapter.high))
         self.width = policy.head.mean.out_features
 
     def __call__(self, norm_obs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(raw, log_prob, value, env_action)`` for each row of the processed observations ``norm_obs``."""
         noise = torch.randn(norm_obs.shape[0], self.width)  # as Normal.sample_with_log_prob draws it
         obs = norm_obs.to(torch.float32).contiguous().numpy()
         out = self.kernel(obs, noise.numpy(), *self.layers, self.relu, *self.bounds)
@@ -137,19 +146,24 @@ class KernelUpdate:
     gradient norm last when clipping) with the gradients written and clipped, ready for ``optimizer.step()``.
     """
 
-    def __init__(self, policy: ActorCritic, algo: Any) -> None:
+    def __init__(self, policy: ActorCritic, algo: PPOConfig) -> None:
         from pgkit.algorithms import mlp_kernels
 
         self.policy = policy
         self.kernel = mlp_kernels.ppo_mlp_step
         radius, mode = algo.value_clipping()
-        self.settings = (
-            mlp_kernels.NORMAL if isinstance(policy.head, GaussianHead) else mlp_kernels.CATEGORICAL,
-            _linears(policy.actor_trunk)[1], float(algo.clip_range), float(algo.vf_coef), float(algo.ent_coef),
-            -1.0 if radius is None else float(radius),
-            mlp_kernels.VALUE_CLIP_MAX if mode == "max" else mlp_kernels.VALUE_CLIP_CLIPPED,
-            bool(algo.normalize_advantage), float(algo.max_grad_norm or 0.0),
-        )
+        settings = {  # ppo_mlp_step's keyword settings, in its argument order
+            "head": mlp_kernels.NORMAL if isinstance(policy.head, GaussianHead) else mlp_kernels.CATEGORICAL,
+            "relu": _linears(policy.actor_trunk)[1],
+            "clip_range": float(algo.clip_range),
+            "vf_coef": float(algo.vf_coef),
+            "ent_coef": float(algo.ent_coef),
+            "value_clip": -1.0 if radius is None else float(radius),
+            "value_clip_mode": mlp_kernels.VALUE_CLIP_MAX if mode == "max" else mlp_kernels.VALUE_CLIP_CLIPPED,
+            "normalize_advantage": bool(algo.normalize_advantage),
+            "max_grad_norm": float(algo.max_grad_norm or 0.0),
+        }
+        self.settings = tuple(settings.values())
         #: The names of the row's entries: PPO's ``compute_loss`` terms, then ``grad_norm`` when clipping.
         self.all_terms = mlp_kernels.TERMS
         self.terms = self.all_terms if algo.max_grad_norm is not None else self.all_terms[:-1]
@@ -166,6 +180,7 @@ class KernelUpdate:
     def __call__(
         self, obs: Tensor, action: Tensor, old_log_prob: Tensor, advantage: Tensor, old_value: Tensor, ret: Tensor
     ) -> Tensor:
+        """The minibatch's terms (:attr:`terms`) as one float32 row; the gradients are in the parameters' ``.grad``."""
         rows = obs.shape[0]
         arrays = [t.detach().reshape(rows, -1).to(torch.float32).contiguous().numpy() for t in (obs, action)]
         arrays += [t.detach().to(torch.float32).contiguous().numpy() for t in (old_log_prob, advantage, old_value, ret)]

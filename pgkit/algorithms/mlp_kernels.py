@@ -6,8 +6,9 @@ calls (forward, the backward graph, clipping), not arithmetic: the arithmetic is
 removes that overhead but costs about 36 s of compiling per process (docs/benchmarks.md), a quarter of a whole run.
 No maintained library trains a small MLP on CPU without either cost, so this module writes the step out: the
 forward of both trunks and heads, :func:`pgkit.algorithms.ppo.ppo_loss` with its terms, the gradient of the loss for
-every parameter by the chain rule, and the global-norm clip of ``torch.nn.utils.clip_grad_norm_``. Adam stays
-torch's (the fused kernel, on the gradients written here).
+every parameter by the chain rule, and the global-norm clip of ``torch.nn.utils.clip_grad_norm_``. The optimizer
+then steps on the gradients written here (:class:`pgkit.algorithms.adam.Adam`: torch's Adam, with its CPU step as one
+compiled loop). :func:`act_mlp_normal` is the acting step of the same networks with a Gaussian head.
 
 Everything is checked against autograd on the module path (``tests/test_mlp_kernels.py``): the loss terms and each
 gradient to float32 rounding, for both activations, both heads, each value-clipping mode and the entropy term.
@@ -80,7 +81,7 @@ def _linear_grad(x, weight, dz, grad_weight, grad_bias, want_dx):  # pragma: no 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
 def _tanh(x):  # pragma: no cover - compiled
     """``tanh(x)`` as ``sign(x) (1 - e) / (1 + e)`` with ``e = exp(-2|x|)``: one float32 exp, which vectorises (libm's
-    tanh does not, and costs 3x as much here). Within 2e-7 of ``torch.tanh``; NaN stays NaN, +-inf give +-1."""
+    tanh does not, and costs 3x as much here). Within 2.5e-7 of ``torch.tanh``; NaN stays NaN, +-inf give +-1."""
     e = np.exp(np.float32(-2.0) * abs(x))
     t = (np.float32(1.0) - e) / (np.float32(1.0) + e)
     return t if x >= 0 else -t
@@ -292,8 +293,10 @@ def ppo_mlp_step(
     for g in vectors:
         total += _sum_squares(g)
     norm = math.sqrt(total)
-    if max_grad_norm > 0.0:  # as torch.nn.utils.clip_grad_norm_
-        factor = min(1.0, max_grad_norm / (norm + 1e-6))
+    if max_grad_norm > 0.0:  # as torch.nn.utils.clip_grad_norm_: min(1, c / (norm + 1e-6)), NaN when the norm is
+        factor = max_grad_norm / (norm + 1e-6)
+        if factor >= 1.0:  # a NaN factor fails this and spreads into every gradient, as in torch
+            factor = 1.0
         for g in grads:
             _scale(g, factor)
         for g in vectors:
