@@ -12,8 +12,7 @@ rule (``torch/optim/adam.py``, no AMSGrad, no weight decay)::
     p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
 Anything else (CUDA or non-float32 tensors, AMSGrad, weight decay, a tensor learning rate, a parameter without a
-gradient, the first step, which creates the state, and gradients that are new tensors at each step) goes through
-``torch.optim.Adam.step`` itself.
+gradient, the first step, which creates the state) goes through ``torch.optim.Adam.step`` itself.
 """
 
 from __future__ import annotations
@@ -53,10 +52,12 @@ def _flat(t: torch.Tensor) -> np.ndarray:
 class Adam(torch.optim.Adam):
     """``torch.optim.Adam(params, lr, eps=eps, fused=True)`` whose CPU float32 steps run as one compiled loop.
 
-    The loop runs on numpy views of the parameters, gradients and state, taken when the same gradient tensors come
-    back for a second step (PPO's kernels write into persistent gradients) and kept while every tensor is the one
-    viewed. Code that sets gradients to None between steps (``zero_grad()``'s default) gets torch's own step, as
-    views retaken at every step would cost more than they save.
+    Made for gradients that persist between steps, as PPO's update kernel writes them
+    (:class:`pgkit.algorithms.kernel_update.KernelUpdate`): the loop runs on numpy views of the parameters, gradients
+    and state, kept while every tensor is the one viewed and taken again when one was replaced. Whether a step takes
+    the loop depends only on that step (the state exists, the tensors qualify), never on earlier steps, so a resumed
+    run steps exactly as an uninterrupted one. Code that sets gradients to None between steps should use torch's
+    Adam: views retaken at every step cost more than they save (:func:`pgkit.algorithms.common.adam` chooses).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, eps: float = 1e-8) -> None:
@@ -65,7 +66,6 @@ class Adam(torch.optim.Adam):
 
     def _reset_views(self) -> None:
         self._views: dict[int, tuple[list[Any], tuple[tuple[np.ndarray, ...], ...]]] = {}
-        self._last_grads: list[list[int]] = []
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # copies and unpickling keep torch's attributes only
         super().__setstate__(state)
@@ -106,13 +106,6 @@ class Adam(torch.optim.Adam):
             if p.grad is None or not state or p.dtype != torch.float32 or p.device.type != "cpu" \
                     or p.grad.layout != torch.strided or not (p.is_contiguous() and p.grad.is_contiguous()):
                 return None
-        grads = [id(p.grad) for p in params]
-        repeated = index < len(self._last_grads) and self._last_grads[index] == grads
-        while len(self._last_grads) <= index:
-            self._last_grads.append([])
-        self._last_grads[index] = grads
-        if not repeated:  # new gradient tensors at every step: views would not be reused
-            return None
         views = tuple(
             tuple(_flat(t) for t in column)
             for column in (

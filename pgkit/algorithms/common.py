@@ -9,13 +9,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 
-def adam(params: Iterable[Any], lr: float = 1e-3, eps: float = 1e-8) -> torch.optim.Adam:
-    """torch's Adam with the fused kernel (one call updates every parameter, where the default CPU path dispatches
-    about ten small ops per parameter tensor), whose CPU float32 steps run as one compiled loop
-    (:class:`pgkit.algorithms.adam.Adam`). Same update rule, state and ``state_dict`` as ``torch.optim.Adam``."""
-    from pgkit.algorithms.adam import Adam
+def adam(params: Iterable[Any], lr: float = 1e-3, eps: float = 1e-8, compiled_step: bool = False) -> torch.optim.Adam:
+    """torch's Adam with the fused kernel: one call updates every parameter, where the default CPU path dispatches
+    about ten small ops per parameter tensor. With ``compiled_step`` (for gradients that persist between steps, as
+    PPO's update kernel writes them) its CPU float32 steps run as one compiled loop instead
+    (:class:`pgkit.algorithms.adam.Adam`). Same update rule, state and ``state_dict`` either way."""
+    if compiled_step:
+        from pgkit.algorithms.adam import Adam
 
-    return Adam(params, lr=lr, eps=eps)
+        return Adam(params, lr=lr, eps=eps)
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
 
 
 class AlgorithmConfigBase(BaseModel):

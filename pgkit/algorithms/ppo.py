@@ -81,7 +81,8 @@ class PPO(OnPolicyModule):
             self.update_kernel = kernel_update.KernelUpdate(self.policy, algo)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps)
+        return adam(self.policy.parameters(), lr=self.algo.learning_rate, eps=self.algo.adam_eps,
+                    compiled_step=self.update_kernel is not None)
 
     def loss_terms(
         self,
