@@ -68,7 +68,7 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
     #: (manual optimisation: DDP still averages gradients in ``manual_backward``). Lightning's per-batch machinery
     #: (hooks, closure, fetcher) costs about 1.8 ms a minibatch on CPU, more than PPO's minibatch of 64 itself.
     fused_minibatches: bool = False
-    #: The compiled minibatch step (``algorithm.update_kernel``) when the algorithm has one and the run qualifies;
+    #: The compiled minibatch step (``trainer.kernels``) when the algorithm has one and the run qualifies;
     #: :meth:`kernel_step` then replaces the autograd step in :meth:`minibatch_updates`.
     update_kernel: Any = None
 

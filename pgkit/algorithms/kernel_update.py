@@ -23,6 +23,7 @@ from pgkit.distributions.heads import CategoricalHead, GaussianHead
 from pgkit.environments.actions import ActionAdapter
 from pgkit.errors import ConfigError
 from pgkit.networks.actor_critic import ActorCritic
+from pgkit.networks.fused import mlp_layers
 
 if TYPE_CHECKING:
     from pgkit.algorithms.configs import PPOConfig
@@ -33,10 +34,11 @@ _ACTIVATIONS = {nn.Tanh: False, nn.ReLU: True}  # activation -> the kernels' ``r
 
 def _linears(trunk: nn.Module | None) -> tuple[list[nn.Linear], bool] | str:
     """The linear layers of an MLP trunk and whether its activation is ReLU, or why the kernels cannot run it."""
-    if not isinstance(trunk, nn.Sequential) or len(trunk) == 0 or len(trunk) % 2:
+    layers = mlp_layers(trunk)
+    if not layers:
         return "the actor and the critic must be MLPs with at least one hidden layer"
-    linears, activations = list(trunk)[0::2], {type(m) for m in list(trunk)[1::2]}
-    if not all(isinstance(linear, nn.Linear) and linear.bias is not None for linear in linears):
+    linears, activations = [linear for linear, _ in layers], {type(act) for _, act in layers}
+    if any(linear.bias is None for linear in linears):
         return "the actor and the critic must be MLPs of linear layers with biases"
     if len(activations) != 1 or next(iter(activations)) not in _ACTIVATIONS:
         return "policy.activation must be tanh or relu"

@@ -25,9 +25,10 @@ import math
 import numpy as np
 from numba import njit
 
+from pgkit.distributions.normal import _LOG_SQRT_2PI  # numba freezes module-level floats into the compiled code
+
 #: Reassociate sums (so dot products vectorise) and fuse multiply-adds; NaN and inf keep IEEE semantics.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 #: The loss terms the kernels write, in order (the keys of PPO's ``compute_loss``, then the gradient norm).
 TERMS = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")

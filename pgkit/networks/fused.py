@@ -22,7 +22,7 @@ from pgkit.distributions import ActionDistribution
 FusedForward = Callable[[Tensor], tuple[ActionDistribution, Tensor]]
 
 
-def _layers(trunk: nn.Module) -> list[tuple[nn.Linear, nn.Module]] | None:
+def mlp_layers(trunk: nn.Module | None) -> list[tuple[nn.Linear, nn.Module]] | None:
     """``[(linear, activation), ...]`` of an :func:`pgkit.networks.mlp`, or None for any other module."""
     if not isinstance(trunk, nn.Sequential) or len(trunk) % 2:
         return None
@@ -42,8 +42,8 @@ def fuse(actor_critic: nn.Module) -> FusedForward | None:
     head = actor_critic.head
     head_linears: list[nn.Linear] = head.linears()
     value_head: nn.Linear = actor_critic.value_head
-    actor = _layers(actor_critic.actor_trunk)
-    critic = actor if actor_critic.critic_trunk is None else _layers(actor_critic.critic_trunk)
+    actor = mlp_layers(actor_critic.actor_trunk)
+    critic = actor if actor_critic.critic_trunk is None else mlp_layers(actor_critic.critic_trunk)
     if actor is None or critic is None or len(actor) != len(critic):
         return None
     if any(type(a) is not type(c) for (_, a), (_, c) in zip(actor, critic, strict=True)):
@@ -77,4 +77,4 @@ def fuse(actor_critic: nn.Module) -> FusedForward | None:
     return forward
 
 
-__all__ = ["FusedForward", "fuse"]
+__all__ = ["FusedForward", "fuse", "mlp_layers"]
