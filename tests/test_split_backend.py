@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,41 @@ def test_an_error_in_this_process_half_leaves_the_worker_in_step():
             split.reset(options={"reset_mask": np.array([True, False, False, False])})
     finally:
         split.close()
+
+
+@pytest.mark.parametrize("config,overrides", [
+    # truncations every 40 steps: bootstrap values of the real final observations
+    ("ppo.yaml", ["env.id=Pendulum-v1", "env.max_episode_steps=40", "algorithm.num_steps=48",
+                  "algorithm.update_epochs=1", "algorithm.num_minibatches=2"]),
+    # episode batches: the rollout stops early
+    ("reinforce-cartpole.yaml", ["algorithm.batch=episodes", "algorithm.num_steps=200"]),
+    # groups of episodes, scored from the infos each step hands observe_step
+    ("grpo.yaml", ["algorithm.group_size=2", "algorithm.num_steps=200"]),
+    # a recurrent policy: its state is reset at episode starts
+    ("ppo-lstm.yaml", ["env.id=CartPole-v1", "algorithm.num_steps=32", "algorithm.bptt_horizon=8",
+                       "policy.recurrent={hidden_size: 8}", "algorithm.update_epochs=1",
+                       "algorithm.num_minibatches=2"]),
+])
+def test_training_with_split_gives_syncs_numbers(tmp_path, config, overrides):
+    """Whole runs with the split backend train sync's numbers: the weights, normalisers and episodes, bit for
+    bit, through truncations, early-stopping episode batches, group scoring and recurrent states."""
+    import torch
+
+    from pgkit.config_loading import load_config
+    from pgkit.training import fit
+
+    root = Path(__file__).resolve().parent.parent
+    results = {}
+    for backend in ("sync", "split"):
+        cfg = load_config(root / "configs" / config, [
+            *overrides, "env.num_envs=4", f"env.backend={backend}", "trainer.total_timesteps=1600",
+            "logger.enabled=false",
+            "eval.every_n_iterations=0", f"trainer.output_dir={tmp_path / backend}"])
+        result = fit(cfg)
+        state = torch.load(result.last_checkpoint, weights_only=False)["state_dict"]
+        results[backend] = (state, result.episode_returns, result.env_steps)
+    (sync, sync_returns, sync_steps), (split, split_returns, split_steps) = results["sync"], results["split"]
+    assert sync_steps == split_steps and sync_returns == split_returns and len(sync_returns) > 4
+    assert sync.keys() == split.keys()
+    for key in sync:
+        torch.testing.assert_close(split[key], sync[key], rtol=0, atol=0, msg=key)
