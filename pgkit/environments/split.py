@@ -4,9 +4,9 @@ worker process, so a 2-core machine steps envs on both cores.
 Why by hand: gymnasium's ``AsyncVectorEnv`` gives every sub-env its own process, and on a small machine the
 inter-process round trip per sub-env costs more than a MuJoCo step (HalfCheetah: 4342 steps/s for 2 async envs
 against 19246 for 8 sync ones). Here each half is a ``SyncVectorEnv`` and there is one round trip per vector step:
-the worker steps its half while this process steps the other. envpool (on PyPI, with MuJoCo v5 tasks among its
-own C++ ports) would step in C++ threads instead; it is not evaluated here yet, so its agreement with gymnasium's
-v5 tasks is unchecked.
+the worker steps its half while this process steps the other. envpool (on PyPI) steps its own C++ ports of the
+MuJoCo v5 tasks in threads: measured, they equal gymnasium's to float rounding, but they trained no faster here and
+were not made a backend (docs/benchmarks.md, "Both cores").
 
 The two halves behave as one ``SyncVectorEnv`` of all the sub-envs: the same observations, rewards, flags and
 infos (``final_obs``, episode statistics), same-step autoreset, and seeds split as ``SyncVectorEnv`` gives them.
