@@ -21,10 +21,11 @@ kernel), without updates, in fresh processes, alternating, ``--repeats`` times; 
 - ``pipelined, envpool``: all sub-envs in envpool's C++ thread pool (:mod:`envpool_vector`), no GIL while they step;
   each step's actions are sent before the bookkeeping of the step before, so the threads step during it.
 
-Both prototypes do all of the Collector's work for this policy, in another order. The in-turn one reaches into
+The prototypes do the Collector's work for this policy in another order (:class:`_Rollout`), and stand in for
+its vector env's Python layers with direct calls. The split ones reach into
 :class:`~pgkit.environments.split.SplitVectorEnv`'s worker: they measure designs, not product paths
-(docs/benchmarks.md, "Both cores", says what they found and why neither was adopted). The last column is the time per
-step this process waited for the envs' results.
+(docs/benchmarks.md, "Both cores", says what they found and why none was adopted). The last column is the time per
+step this process waited for the envs' results, median over the same rollouts.
 """
 
 from __future__ import annotations
@@ -54,35 +55,40 @@ def _module(backend: str) -> Any:
     torch.manual_seed(cfg.trainer.seed)
     module = cfg.init()
     module.setup("fit")  # opens and resets the vector env, as training does
+    assert module.use_acting_kernel, "the prototypes act with the compiled acting kernel, as the Collector does here"
     return module
 
 
-def _median_rollout_sps(module: Any, collect, rollouts: int = 12) -> float:
+def _median_rollout(module: Any, collect, rollouts: int = 12) -> tuple[float, float | None]:
+    """Rollout SPS and the microseconds per step spent waiting for the envs (when ``collect`` returns its seconds
+    of waiting), medians over the rollouts after the first two."""
     import torch
 
     buffer = module.collector.allocate(module.cfg.algorithm.num_steps)
-    times = []
+    times, waits = [], []
     with torch.inference_mode():
         for _ in range(rollouts):
             start = time.perf_counter()
-            collect(buffer)
+            waited = collect(buffer)
             times.append(time.perf_counter() - start)
-    return buffer.numel() / float(np.median(times[2:]))
+            waits.append(waited if isinstance(waited, float) else None)
+    steps = buffer.batch_size[0]
+    wait = None if waits[-1] is None else 1e6 * float(np.median(waits[2:])) / steps
+    return buffer.numel() / float(np.median(times[2:])), wait
 
 
-def collector_sps(backend: str) -> tuple[float, None]:
+def collector_sps(backend: str) -> tuple[float, float | None]:
     """Rollout SPS of pgkit's Collector with ``env.backend`` = ``backend``."""
     module = _module(backend)
     try:
-        return _median_rollout_sps(module, module.collector.collect), None
+        return _median_rollout(module, module.collector.collect)
     finally:
         module.collector.close()
 
 
-def in_turn_sps(here: int, ahead: bool = False) -> tuple[float, float]:
-    """Rollout SPS of the two-group prototype with ``here`` sub-envs in this process and the rest in the worker (or,
-    with ``ahead``, of the split backend with the worker's actions sent ahead: :func:`_collect_ahead`), and the
-    microseconds per step this process waited for the worker (over all rollouts)."""
+def _uneven_split(module: Any, here: int) -> Any:
+    """The split backend's worker with ``n - here`` sub-envs and a ``SyncVectorEnv`` of ``here`` in this process
+    (``None`` when 0), reset with the run's seeds; the constructor only makes even halves of at least one each."""
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
     from gymnasium.vector.utils import CloudpickleWrapper
@@ -90,225 +96,208 @@ def in_turn_sps(here: int, ahead: bool = False) -> tuple[float, float]:
     from pgkit.environments import make as make_module
     from pgkit.environments.split import SplitVectorEnv
 
-    module = _module("sync")
-    collector = module.collector
-    cfg = module.cfg
-    collector.envs.close()
-    n = module.num_envs
-    fns = [functools.partial(make_module._make_indexed, cfg.env.id, cfg.env.kwargs, None, i) for i in range(n)]
-    envs = SplitVectorEnv.__new__(SplitVectorEnv)  # the split backend with an uneven (or empty) local half
+    cfg, n = module.cfg, module.num_envs
+    fns = [functools.partial(make_module._make_indexed, cfg.env.id, cfg.env.kwargs, cfg.env.max_episode_steps, i)
+           for i in range(n)]
+    envs = SplitVectorEnv.__new__(SplitVectorEnv)
     envs.num_envs, envs._half, envs._autoreset_mode = n, here, AutoresetMode.SAME_STEP
-    envs._local = SyncVectorEnv(fns[:here], autoreset_mode=AutoresetMode.SAME_STEP) if here else None
-    if envs._local is None:
-        probe = gym.vector.SyncVectorEnv(fns[:1], autoreset_mode=AutoresetMode.SAME_STEP)
-        envs._local = probe  # only for the spaces _start reads; closed at once
-        envs._start(CloudpickleWrapper(fns))
-        probe.close()
+    # _start reads the spaces from the local part: with none, from a probe closed at once
+    envs._local = SyncVectorEnv(fns[: max(here, 1)], autoreset_mode=AutoresetMode.SAME_STEP)
+    envs._start(CloudpickleWrapper(fns[here:]))
+    if not here:
+        envs._local.close()
         envs._local = None
-    else:
-        envs._start(CloudpickleWrapper(fns[here:]))
     seeds = [cfg.trainer.seed + i for i in range(n)]
     envs._conn.send(("reset", {"seed": seeds[here:], "options": None}))
-    local_obs = envs._local.reset(seed=seeds[:here])[0] if here else np.zeros((0, *envs._views["obs"].shape[1:]))
-    collector.next_obs = np.concatenate([local_obs, envs._receive()[0]]).astype(np.float32)
+    mine = envs._local.reset(seed=seeds[:here])[0] if here else np.zeros((0, *envs._views["obs"].shape[1:]))
+    module.collector.next_obs = np.concatenate([mine, envs._receive()[0]]).astype(np.float32)
+    assert isinstance(envs.single_observation_space, gym.spaces.Box)
+    return envs
+
+
+def split_prototype_sps(here: int, ahead: bool = False) -> tuple[float, float | None]:
+    """Rollout SPS of a prototype on the split backend's worker: groups in turn with ``here`` sub-envs in this
+    process (:func:`_collect_in_turn`), or with ``ahead`` the worker's actions sent ahead
+    (:func:`_collect_ahead`); and the microseconds per step this process waited for the worker."""
+    module = _module("sync")
+    module.collector.envs.close()
+    envs = _uneven_split(module, here)
     try:
         collect = _collect_ahead if ahead else _collect_in_turn
-        sps = _median_rollout_sps(module, functools.partial(collect, module, envs, here))
-        return sps, 1e6 * WAITED[0] / WAITED[1]
+        return _median_rollout(module, functools.partial(collect, module, envs, here))
     finally:
         if envs._local is not None:
             envs._local.close()
         envs._stop_worker()
 
 
-def _episode_statistics(collector: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each sub-env's return and length so far (kept across rollouts on the collector)."""
-    if not hasattr(collector, "_prototype_episodes"):
-        collector._prototype_episodes = (np.zeros(n), np.zeros(n, dtype=np.int64))
-    return collector._prototype_episodes
-
-
-def _host_views(b: Any) -> dict[str, Any]:
-    """The rollout columns the bookkeeping writes: numpy views of the flags and rewards, as the Collector takes."""
-    b["final_value"].zero_()
-    return {"final_value": b["final_value"], **{k: b[k].numpy() for k in ("reward", "terminated", "truncated")}}
-
-
-def _finish_step(module: Any, host: dict[str, Any], t: int, obs: np.ndarray, reward: np.ndarray,
-                 terminated: np.ndarray, truncated: np.ndarray, info: dict[str, Any],
-                 stats: tuple[np.ndarray, np.ndarray]) -> None:
-    """The Collector's bookkeeping of step ``t`` for this policy: checks, reward scaling, buffer stores, bootstrap
-    values of truncated episodes, episode statistics (the vector env's ``RecordEpisodeStatistics`` in pgkit)."""
-    import torch
-
-    collector = module.collector
-    collector._check_finite(obs, reward)
-    done = terminated | truncated
-    module.reward_scaler.update(reward, done)
-    host["reward"][t] = module.reward_scaler.scale(reward)
-    host["terminated"][t], host["truncated"][t] = terminated, truncated
-    bootstrap = np.flatnonzero(truncated & ~terminated)
-    if bootstrap.size:
-        rows = torch.as_tensor(bootstrap)
-        host["final_value"][t, rows] = collector._final_value(module.acting_policy, info["final_obs"][bootstrap],
-                                                           collector.state[rows])
-    returns, lengths = stats
-    returns += reward
-    lengths += 1
-    collector.prototype_episodes = [(float(returns[i]), int(lengths[i])) for i in np.flatnonzero(done)]
-    returns[done], lengths[done] = 0.0, 0
-    collector.episode_start = done
-
-
-WAITED = [0.0, 0]
-"""Seconds this process spent waiting for the worker's results, and the steps: the share of a step the worker's
-group takes beyond this process's own work."""
-
-
-def _collect_in_turn(module: Any, envs: Any, here: int, b: Any) -> None:
-    """One rollout into ``b`` with the groups in turn (see the module docstring)."""
-    from pgkit.algorithms.kernel_update import ActingKernel
-    from pgkit.environments.split import _join_info
-
-    m, collector = module, module.collector
-    n = m.num_envs
-    mine, theirs = slice(0, here), slice(here, n)
-    obs_b, act_b, logp_b, val_b = (b[k] for k in ("obs", "action", "log_prob", "value"))
-    host, start_s = _host_views(b), b["episode_start"].numpy()
-    m.rollout_kernel = ActingKernel(m.acting_policy, m.action_adapter)
-    state, views, obs = collector.state, envs._views, collector.next_obs
-    stats = _episode_statistics(collector, n)
-
-    def act(rows: slice, t: int) -> np.ndarray:
-        m.obs_normalizer.update(obs[rows])
-        norm = m.obs_normalizer(obs[rows])
-        raw, log_prob, value, env_action, _ = m.policy_step(norm, state[rows])
-        obs_b[t, rows], act_b[t, rows], logp_b[t, rows], val_b[t, rows] = norm, raw, log_prob, value
-        return env_action.numpy()
-
-    def send(t: int) -> None:
-        views["action"][:] = act(theirs, t)
-        envs._conn.send(("step_shared", None))
-
-    send(0)
-    steps = b.batch_size[0]
-    for t in range(steps):
-        start_s[t] = collector.episode_start
-        if here:
-            result = envs._local.step(act(mine, t))
-        waited = time.perf_counter()
-        info_theirs = envs._receive() or {}
-        WAITED[0] += time.perf_counter() - waited
-        WAITED[1] += 1
-        their = (views["obs"], views["reward"], views["terminated"], views["truncated"])
-        if here:
-            joined = (np.concatenate([a, c]) for a, c in zip(result[:4], their, strict=True))
-            next_obs, reward, terminated, truncated = joined
-            info = _join_info(result[4], info_theirs, here, n - here)
-        else:
-            next_obs, reward, terminated, truncated = (a.copy() for a in their)
-            info = info_theirs
-        obs = next_obs.astype(np.float32)
-        if t + 1 < steps:
-            send(t + 1)  # the worker steps while the bookkeeping below runs
-        _finish_step(module, host, t, obs, reward, terminated, truncated, info, stats)
-    collector.next_obs = obs
-
-
-def _collect_ahead(module: Any, envs: Any, here: int, b: Any) -> None:
-    """One rollout into ``b`` through the split backend's two parts, acting on all sub-envs at once as the
-    Collector does, but sending the worker its actions for step ``t + 1`` before the bookkeeping of step ``t``
-    and stepping this process's part after it: the worker steps during the bookkeeping too."""
-    from pgkit.algorithms.kernel_update import ActingKernel
-    from pgkit.environments.split import _join_info
-
-    m, collector = module, module.collector
-    n = m.num_envs
-    obs_b, act_b, logp_b, val_b = (b[k] for k in ("obs", "action", "log_prob", "value"))
-    host, start_s = _host_views(b), b["episode_start"].numpy()
-    m.rollout_kernel = ActingKernel(m.acting_policy, m.action_adapter)
-    state, views, obs = collector.state, envs._views, collector.next_obs
-    stats = _episode_statistics(collector, n)
-
-    def act_and_send(t: int) -> np.ndarray:
-        m.obs_normalizer.update(obs)
-        norm = m.obs_normalizer(obs)
-        raw, log_prob, value, env_action, _ = m.policy_step(norm, state)
-        obs_b[t], act_b[t], logp_b[t], val_b[t] = norm, raw, log_prob, value
-        actions = env_action.numpy()
-        views["action"][:] = actions[here:]
-        envs._conn.send(("step_shared", None))
-        return actions[:here]
-
-    mine = act_and_send(0)
-    steps = b.batch_size[0]
-    for t in range(steps):
-        start_s[t] = collector.episode_start
-        result = envs._local.step(mine)
-        waited = time.perf_counter()
-        info_theirs = envs._receive() or {}
-        WAITED[0] += time.perf_counter() - waited
-        WAITED[1] += 1
-        their = (views["obs"], views["reward"], views["terminated"], views["truncated"])
-        next_obs, reward, terminated, truncated = (np.concatenate([a, c]) for a, c in zip(result[:4], their,
-                                                                                            strict=True))
-        info = _join_info(result[4], info_theirs, here, n - here)
-        obs = next_obs.astype(np.float32)
-        if t + 1 < steps:
-            mine = act_and_send(t + 1)
-        _finish_step(module, host, t, obs, reward, terminated, truncated, info, stats)
-    collector.next_obs = obs
-
-
-def pipelined_envpool_sps(threads: int) -> tuple[float, float]:
-    """Rollout SPS with all sub-envs in envpool's pool of ``threads`` threads, each step's actions sent before the
-    bookkeeping of the step before (:func:`_collect_pipelined`), and the microseconds per step spent waiting."""
+def pipelined_envpool_sps(threads: int) -> tuple[float, float | None]:
+    """Rollout SPS with all sub-envs in envpool's pool of ``threads`` threads (:func:`_collect_pipelined`), and the
+    microseconds per step spent waiting for its results."""
     from envpool_vector import EnvpoolVectorEnv
 
     module = _module("sync")
-    collector = module.collector
+    collector, cfg = module.collector, module.cfg
     collector.envs.close()
-    envs = EnvpoolVectorEnv(module.cfg.env.id, module.num_envs, num_threads=threads)
-    collector.next_obs = envs.reset(seed=module.cfg.trainer.seed)[0].astype(np.float32)
+    envs = EnvpoolVectorEnv(cfg.env.id, module.num_envs, cfg.env.kwargs, cfg.env.max_episode_steps, threads)
+    collector.next_obs = envs.reset(seed=cfg.trainer.seed)[0].astype(np.float32)
     try:
-        sps = _median_rollout_sps(module, functools.partial(_collect_pipelined, module, envs))
-        return sps, 1e6 * WAITED[0] / WAITED[1]
+        return _median_rollout(module, functools.partial(_collect_pipelined, module, envs))
     finally:
         envs.close()
 
 
-def _collect_pipelined(module: Any, envs: Any, b: Any) -> None:
+class _Rollout:
+    """What the prototypes share: the buffer's columns, acting on some rows, the bookkeeping of a step as the
+    Collector does it for this policy, and the time spent waiting for the envs."""
+
+    def __init__(self, module: Any, b: Any) -> None:
+        from pgkit.algorithms.kernel_update import ActingKernel
+
+        self.m, self.collector = module, module.collector
+        module.begin_rollout()
+        self.columns = [b[k] for k in ("obs", "action", "log_prob", "value")]
+        self.final_value = b["final_value"]
+        self.final_value.zero_()
+        self.reward, self.terminated, self.truncated, self.start = (
+            b[k].numpy() for k in ("reward", "terminated", "truncated", "episode_start"))
+        module.rollout_kernel = ActingKernel(module.acting_policy, module.action_adapter)
+        self.state, self.obs = self.collector.state, self.collector.next_obs
+        n = module.num_envs
+        # each sub-env's return and length so far, kept across rollouts (the vector env's RecordEpisodeStatistics)
+        self.sums = self.collector.__dict__.setdefault("prototype_sums", (np.zeros(n), np.zeros(n, dtype=np.int64)))
+        self.any_end = np.zeros(n, dtype=bool)
+        self.episodes: list[tuple[float, int]] = []
+        self.waited = 0.0
+        self.steps = b.batch_size[0]
+
+    def act(self, rows: slice, t: int) -> np.ndarray:
+        """Normalise ``rows`` of the current observations (updating the statistics), act on them, store the row."""
+        m = self.m
+        m.obs_normalizer.update(self.obs[rows])
+        norm = m.obs_normalizer(self.obs[rows])
+        m.mark_step()
+        raw, log_prob, value, env_action, _ = m.policy_step(norm, self.state[rows])
+        for column, value_ in zip(self.columns, (norm, raw, log_prob, value), strict=True):
+            column[t, rows] = value_
+        return env_action.cpu().numpy()
+
+    def wait(self, receive):
+        """``receive()``, timed."""
+        start = time.perf_counter()
+        out = receive()
+        self.waited += time.perf_counter() - start
+        return out
+
+    def finish(self, t: int, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+               info: dict[str, Any]) -> None:
+        """The Collector's work on step ``t``'s results, besides acting: checks, reward scaling, stores, bootstrap
+        values of truncated episodes, episode statistics, the module's hooks."""
+        import torch
+
+        m, collector = self.m, self.collector
+        collector._check_finite(self.obs, reward)
+        done = terminated | truncated
+        m.reward_scaler.update(reward, done)
+        self.reward[t] = m.reward_scaler.scale(reward)
+        self.terminated[t], self.truncated[t] = terminated, truncated
+        bootstrap = np.flatnonzero(truncated & ~terminated)
+        if bootstrap.size:
+            rows = torch.as_tensor(bootstrap)
+            self.final_value[t, rows] = collector._final_value(m.acting_policy, info["final_obs"][bootstrap],
+                                                               self.state[rows])
+        returns, lengths = self.sums
+        returns += reward
+        lengths += 1
+        self.episodes += [(float(returns[i]), int(lengths[i])) for i in np.flatnonzero(done)]
+        returns[done], lengths[done] = 0.0, 0
+        collector.episode_start = done
+        m.observe_step(info, done)
+        self.any_end |= done
+        m.rollout_finished(self.any_end)
+
+    def end(self) -> float:
+        """Keep the next observations for the next rollout; the seconds spent waiting."""
+        self.collector.next_obs = self.obs
+        return self.waited
+
+
+def _worker_results(envs: Any, here: int, mine: tuple | None, info_theirs: dict[str, Any]):
+    """This step's results of both parts as one batch (the worker's read out of shared memory before the worker
+    is sent its next actions)."""
+    from pgkit.environments.split import _join_info
+
+    views = envs._views
+    theirs = (views["obs"], views["reward"], views["terminated"], views["truncated"])
+    if mine is None:
+        return (*(a.copy() for a in theirs), info_theirs)
+    joined = [np.concatenate([a, c]) for a, c in zip(mine[:4], theirs, strict=True)]
+    return (*joined, _join_info(mine[4], info_theirs, here, envs.num_envs - here))
+
+
+def _collect_in_turn(module: Any, envs: Any, here: int, b: Any) -> float:
+    """One rollout into ``b`` with the groups in turn (see the module docstring); the seconds spent waiting."""
+    r = _Rollout(module, b)
+    n = module.num_envs
+    mine, theirs = slice(0, here), slice(here, n)
+
+    def send(t: int) -> None:
+        envs._views["action"][:] = r.act(theirs, t)
+        envs._conn.send(("step_shared", None))
+
+    send(0)
+    for t in range(r.steps):
+        r.start[t] = r.collector.episode_start
+        result = envs._local.step(r.act(mine, t)) if here else None
+        info_theirs = r.wait(envs._receive) or {}
+        next_obs, reward, terminated, truncated, info = _worker_results(envs, here, result, info_theirs)
+        r.obs = next_obs.astype(np.float32)
+        if t + 1 < r.steps:
+            send(t + 1)  # the worker steps while the bookkeeping below runs
+        r.finish(t, reward, terminated, truncated, info)
+    return r.end()
+
+
+def _collect_ahead(module: Any, envs: Any, here: int, b: Any) -> float:
+    """One rollout into ``b`` through the split backend's two parts, acting on all sub-envs at once as the
+    Collector does, but sending the worker its actions for step ``t + 1`` before the bookkeeping of step ``t``
+    and stepping this process's part after it: the worker steps during the bookkeeping too."""
+    r = _Rollout(module, b)
+    everything = slice(None)
+
+    def act_and_send(t: int) -> np.ndarray:
+        actions = r.act(everything, t)
+        envs._views["action"][:] = actions[here:]
+        envs._conn.send(("step_shared", None))
+        return actions[:here]
+
+    mine = act_and_send(0)
+    for t in range(r.steps):
+        r.start[t] = r.collector.episode_start
+        result = envs._local.step(mine)
+        info_theirs = r.wait(envs._receive) or {}
+        next_obs, reward, terminated, truncated, info = _worker_results(envs, here, result, info_theirs)
+        r.obs = next_obs.astype(np.float32)
+        if t + 1 < r.steps:
+            mine = act_and_send(t + 1)
+        r.finish(t, reward, terminated, truncated, info)
+    return r.end()
+
+
+def _collect_pipelined(module: Any, envs: Any, b: Any) -> float:
     """One rollout into ``b``: act on step ``t + 1``'s observations and send the actions, then do step ``t``'s
-    bookkeeping while envpool's threads step."""
-    from pgkit.algorithms.kernel_update import ActingKernel
-
-    m, collector = module, module.collector
-    obs_b, act_b, logp_b, val_b = (b[k] for k in ("obs", "action", "log_prob", "value"))
-    host, start_s = _host_views(b), b["episode_start"].numpy()
-    m.rollout_kernel = ActingKernel(m.acting_policy, m.action_adapter)
-    state, obs = collector.state, collector.next_obs
-    stats = _episode_statistics(collector, m.num_envs)
-
-    def act(t: int) -> np.ndarray:
-        m.obs_normalizer.update(obs)
-        norm = m.obs_normalizer(obs)
-        raw, log_prob, value, env_action, _ = m.policy_step(norm, state)
-        obs_b[t], act_b[t], logp_b[t], val_b[t] = norm, raw, log_prob, value
-        return env_action.numpy()
-
-    envs.step_async(act(0))
-    steps = b.batch_size[0]
-    for t in range(steps):
-        start_s[t] = collector.episode_start
-        waited = time.perf_counter()
-        next_obs, reward, terminated, truncated, info = envs.step_wait()
-        WAITED[0] += time.perf_counter() - waited
-        WAITED[1] += 1
-        obs = next_obs.astype(np.float32)
-        if t + 1 < steps:
-            envs.step_async(act(t + 1))
-        _finish_step(module, host, t, obs, reward, terminated, truncated, info, stats)
-    collector.next_obs = obs
+    bookkeeping while envpool's threads step; the seconds spent waiting."""
+    r = _Rollout(module, b)
+    everything = slice(None)
+    envs.step_async(r.act(everything, 0))
+    for t in range(r.steps):
+        r.start[t] = r.collector.episode_start
+        next_obs, reward, terminated, truncated, info = r.wait(envs.step_wait)
+        r.obs = next_obs.astype(np.float32)
+        if t + 1 < r.steps:
+            envs.step_async(r.act(everything, t + 1))
+        r.finish(t, reward, terminated, truncated, info)
+    return r.end()
 
 
 def main() -> None:
@@ -318,10 +307,10 @@ def main() -> None:
     cases: dict[str, Any] = {
         "sync (Collector)": (collector_sps, "sync"),
         "split (Collector, 4 + 4)": (collector_sps, "split"),
-        "split, the worker's actions sent ahead": (functools.partial(in_turn_sps, ahead=True), 4),
-        "in turn, 4 here + 4 in the worker": (in_turn_sps, 4),
-        "in turn, 2 here + 6 in the worker": (in_turn_sps, 2),
-        "in turn, 0 here + 8 in the worker": (in_turn_sps, 0),
+        "split, the worker's actions sent ahead": (functools.partial(split_prototype_sps, ahead=True), 4),
+        "in turn, 4 here + 4 in the worker": (split_prototype_sps, 4),
+        "in turn, 2 here + 6 in the worker": (split_prototype_sps, 2),
+        "in turn, 0 here + 8 in the worker": (split_prototype_sps, 0),
     }
     if envpool_vector.available():
         cases["pipelined, 8 in envpool (1 thread)"] = (pipelined_envpool_sps, 1)
@@ -333,7 +322,7 @@ def main() -> None:
     split = float(np.median([sps for sps, _ in runs["split (Collector, 4 + 4)"]]))
     print(f"# {platform.processor() or platform.machine()}, {CONFIG} rollouts (8 x 256 steps), median of "
           f"{args.repeats} fresh processes")
-    print("| rollout loop | rollout SPS | / split | waiting for the worker, per step |")
+    print("| rollout loop | rollout SPS | / split | waiting for the envs, per step |")
     print("|---|---:|---:|---:|")
     for name, values in runs.items():
         sps = float(np.median([v for v, _ in values]))

@@ -86,8 +86,8 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
             if len(seeds) != self.num_envs or any(s != seeds[0] + i for i, s in enumerate(seeds)):
                 raise ValueError(f"envpool seeds sub-env i with seed + i; got the seeds {seeds}")
             self._open(seed=int(seeds[0]))  # envpool takes its seed when made
-        obs, _ = self._pool.reset()
-        return obs, {}
+        obs, info = self._pool.reset()
+        return obs[np.argsort(info["env_id"])], {}
 
     def step(self, actions: Any):
         self.step_async(actions)
@@ -101,7 +101,7 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
         """The results of the step :meth:`step_async` started, as :meth:`step` returns them."""
         obs, reward, terminated, truncated, info = self._pool.recv()
         order = info["env_id"]
-        if (order != self._order).any():  # results come in the order the threads finished
+        if (order != self._order).any():  # in case: envpool's sync mode returns them in the order sent
             rank = np.argsort(order)
             obs, reward, terminated, truncated = obs[rank], reward[rank], terminated[rank], truncated[rank]
         reward = reward.astype(np.float64)

@@ -155,12 +155,13 @@ def test_an_error_in_this_process_half_leaves_the_worker_in_step():
     ("ppo.yaml", ["env.id=Pendulum-v1", "env.max_episode_steps=40", "algorithm.num_steps=48",
                   "algorithm.update_epochs=1", "algorithm.num_minibatches=2"]),
     # episode batches: the rollout stops early
-    ("reinforce-cartpole.yaml", ["algorithm.batch=episodes", "algorithm.num_steps=200"]),
+    ("reinforce-cartpole.yaml", ["algorithm.batch=episodes", "algorithm.num_steps=200",
+                                 "trainer.total_timesteps=4000"]),
     # groups of episodes, scored from the infos each step hands observe_step
-    ("grpo.yaml", ["algorithm.group_size=2", "algorithm.num_steps=200"]),
+    ("grpo.yaml", ["algorithm.group_size=2", "algorithm.num_steps=200", "trainer.total_timesteps=4000"]),
     # a recurrent policy: its state is reset at episode starts
     ("ppo-lstm.yaml", ["env.id=CartPole-v1", "algorithm.num_steps=32", "algorithm.bptt_horizon=8",
-                       "policy.recurrent={hidden_size: 8}", "algorithm.update_epochs=1",
+                       "policy.recurrent.hidden_size=8", "algorithm.update_epochs=1",
                        "algorithm.num_minibatches=2"]),
 ])
 def test_training_with_split_gives_syncs_numbers(tmp_path, config, overrides):
@@ -175,7 +176,7 @@ def test_training_with_split_gives_syncs_numbers(tmp_path, config, overrides):
     results = {}
     for backend in ("sync", "split"):
         cfg = load_config(root / "configs" / config, [
-            *overrides, "env.num_envs=4", f"env.backend={backend}", "trainer.total_timesteps=1600",
+            "env.num_envs=4", f"env.backend={backend}", "trainer.total_timesteps=1600", *overrides,
             "logger.enabled=false",
             "eval.every_n_iterations=0", f"trainer.output_dir={tmp_path / backend}"])
         result = fit(cfg)
