@@ -16,7 +16,6 @@ ones step for step.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gymnasium as gym
@@ -35,8 +34,9 @@ def available() -> bool:
 
 def default_threads(num_envs: int) -> int:
     """One thread per core this process may use, at most one per sub-env."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(num_envs, cores))
+    from pgkit.environments.split import usable_cores
+
+    return max(1, min(num_envs, usable_cores()))
 
 
 class EnvpoolVectorEnv(gym.vector.VectorEnv):

@@ -169,7 +169,10 @@ class KernelUpdate:
         #: The names of the row's entries: PPO's ``compute_loss`` terms, then ``grad_norm`` when clipping.
         self.all_terms = mlp_kernels.TERMS
         self.terms = self.all_terms if algo.max_grad_norm is not None else self.all_terms[:-1]
+        #: Each of :attr:`terms`' position in the row.
+        self.index = {name: i for i, name in enumerate(self.terms)}
         self.arguments: tuple[Any, ...] = ()
+        self._out = np.empty(len(self.all_terms))  # the kernel's terms; the returned row is a float32 copy
 
     def prepare(self) -> None:
         """Give every parameter a gradient buffer and view the parameters and gradients as numpy arrays."""
@@ -186,9 +189,8 @@ class KernelUpdate:
         rows = obs.shape[0]
         arrays = [t.detach().reshape(rows, -1).to(torch.float32).contiguous().numpy() for t in (obs, action)]
         arrays += [t.detach().to(torch.float32).contiguous().numpy() for t in (old_log_prob, advantage, old_value, ret)]
-        out = np.empty(len(self.all_terms))
-        self.kernel(*arrays, *self.arguments, *self.settings, out)
-        return torch.from_numpy(out[: len(self.terms)]).float()
+        self.kernel(*arrays, *self.arguments, *self.settings, self._out)
+        return torch.from_numpy(self._out[: len(self.terms)]).float()
 
 
 __all__ = ["ActingKernel", "KernelUpdate", "unsupported", "wanted"]

@@ -117,12 +117,14 @@ class PPO(OnPolicyModule):
         row = self.update_kernel(
             batch["obs"], batch["action"], batch["log_prob"], batch["advantage"], batch["value"], batch["return"]
         )
-        keys = self.update_kernel.terms  # loss, the four terms of compute_loss, clip_fraction, [grad_norm]
+        keys, at = self.update_kernel.terms, self.update_kernel.index
         target_kl = self.algo.target_kl
-        if target_kl is not None and float(row[4]) > 1.5 * target_kl:  # as compute_loss: no step, end the updates
-            self.accumulate_row(keys[1:6], row[1:6])
+        if target_kl is not None and float(row[at["approx_kl"]]) > 1.5 * target_kl:
+            # as compute_loss: no step, end the updates, and keep every term but the loss
+            measured = slice(at["policy_loss"], at["clip_fraction"] + 1)
+            self.accumulate_row(keys[measured], row[measured])
             return False
-        if self.skip_batch(row[0]) or (len(keys) > 6 and self.skip_batch(row[6])):
+        if self.skip_batch(row[at["loss"]]) or ("grad_norm" in at and self.skip_batch(row[at["grad_norm"]])):
             return True
         self.accumulate_row(keys, row)
         optimizer.step()

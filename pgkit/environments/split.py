@@ -54,11 +54,12 @@ class _Shared:
                 for k, (shape, dtype) in self.layout.items()}
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS reports it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-SPIN_S = 0.002 if _cores() > 1 else 0.0
+SPIN_S = 0.002 if usable_cores() > 1 else 0.0
 """How long a side polls for the other's message before it blocks. Blocking lets the OS park the core, and waking a
 parked core cost about 150 us per step on this project's 2-core VM; the envs step every few hundred microseconds
 during a rollout, and between rollouts the wait blocks after 2 ms. On one core, polling would only take the time
