@@ -30,8 +30,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from pgkit.errors import UserError
-
 ConfigLike = str | Path | Mapping[str, Any] | Any
 """A YAML path, a mapping, or a validated config object."""
 
@@ -69,7 +67,8 @@ def preserved_process_state() -> Iterator[None]:
     torch_rng, numpy_rng, python_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     loggers = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
-    saved_env = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "MLFLOW_TRACKING_URI")}
+    saved_env = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "MLFLOW_TRACKING_URI",
+                                                         "PGKIT_OUTPUT_DIR")}
     tracking_uri = _mlflow_tracking_uri()
     try:
         with warnings.catch_warnings():
@@ -178,14 +177,14 @@ class Agent:
 
 
 def load(checkpoint: str | Path) -> Agent:
-    """The trained policy in ``checkpoint`` (any pgkit ``.ckpt``), ready to ``predict``. A file that is not a pgkit
-    checkpoint raises :class:`~pgkit.errors.UserError` with one line."""
+    """The trained policy in ``checkpoint`` (any pgkit ``.ckpt``), ready to ``predict``.
+
+    The policy is rebuilt from the checkpoint alone, spaces included: no env is made and nothing the checkpoint
+    names is imported, so a checkpoint from anyone loads safely (:mod:`pgkit.trust`). A file that is not a pgkit
+    checkpoint, or a language-model run, raises :class:`~pgkit.errors.UserError` with one line."""
     from pgkit.evaluation import restore_agent
 
-    module, cfg, _ = restore_agent(checkpoint)
-    if hasattr(cfg, "model"):
-        raise UserError(f"pgkit.load: {checkpoint} is a language-model run; load it with "
-                        "pgkit.evaluation.restore_agent and generate with its module")
+    module, cfg, _ = restore_agent(checkpoint, needs_env=False, action="pgkit.load")
     return Agent(module, cfg)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -13,11 +15,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import yaml
-from lightning.pytorch.callbacks import Checkpoint, ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from tqdm.auto import tqdm
 
 from pgkit.algorithms.base import OnPolicyModule
+from pgkit.errors import TrainingError
 
 
 class EnvStepProgressBar(ProgressBar):
@@ -111,21 +114,33 @@ class MLflowArtifacts(L.Callback):
             return
         client, run_id = self.logger.experiment, self.logger.run_id
         last = self.checkpoint_dir / "last.ckpt"
-        if last.exists():
+        logger_cfg = self.config.get("logger", {})
+        # One copy of the checkpoint in MLflow: inside the policy model when it can be served, else on its own.
+        served = isinstance(pl_module, OnPolicyModule) and logger_cfg.get("log_model", True) and last.exists() and \
+            self._log_policy(client, run_id, last, pl_module, logger_cfg.get("register_model"))
+        if last.exists() and logger_cfg.get("log_model", True) and not served:
             client.log_artifact(run_id, str(last), artifact_path="checkpoints")
-            logger_cfg = self.config.get("logger", {})
-            if logger_cfg.get("log_model", True) and hasattr(pl_module, "observation_space"):
-                from pgkit.mlflow_model import log_policy
-
-                try:  # an extra: a finished run must not fail while packaging its policy
-                    log_policy(client, run_id, last, pl_module, logger_cfg.get("register_model"))
-                except Exception as exc:
-                    print(f"pgkit: the policy was not logged as an MLflow model: {exc.__class__.__name__}: "
-                          f"{' '.join(str(exc).split())[:200]}", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "learning_curve.png"
-            if plot_learning_curve(client, run_id, png):
+            try:
+                drawn = plot_learning_curve(client, run_id, png)
+            except Exception:  # the store is away (the metrics are queued) or the plot failed: an extra either way
+                drawn = False
+            if drawn:
                 client.log_artifact(run_id, str(png))
+
+    @staticmethod
+    def _log_policy(client: Any, run_id: str, last: Path, module: OnPolicyModule, register: str | None) -> bool:
+        """Log the policy as an MLflow model (:mod:`pgkit.mlflow_model`); False when it cannot be served so."""
+        from pgkit.mlflow_model import log_policy
+
+        try:  # an extra: a finished run must not fail while packaging its policy
+            log_policy(client, run_id, last, module, register)
+            return True
+        except Exception as exc:
+            print(f"pgkit: the policy was not logged as an MLflow model: {exc.__class__.__name__}: "
+                  f"{' '.join(str(exc).split())[:200]}; the checkpoint is logged instead", file=sys.stderr)
+            return False
 
 
 class SystemMetrics(L.Callback):
@@ -186,7 +201,8 @@ class LastCheckpoint(Checkpoint):
 
     ``ModelCheckpoint(save_top_k=0, save_last=True)`` only writes it when training ends, which loses everything
     when a long run fails; this writes it as the run goes. As a ``Checkpoint`` subclass it runs after the module's
-    own epoch-end hook, so the saved state includes that iteration's evaluation.
+    own epoch-end hook, so the saved state includes that iteration's evaluation. The env state is inside the file
+    (``OnPolicyModule.on_save_checkpoint``), so the two are written as one.
     """
 
     def __init__(self, path: Path, every_n_iterations: int) -> None:
@@ -195,24 +211,48 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         iteration = trainer.current_epoch + 1
         if iteration % self.every == 0 or trainer.should_stop or iteration >= (trainer.max_epochs or 0):
-            pl_module.save_env_state(self.path)  # first, so a complete checkpoint always has its env state
             save_atomically(trainer, self.path)
 
 
-def save_atomically(trainer: L.Trainer, path: Path) -> None:
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` for ``best.ckpt``, written as :func:`save_atomically` writes (Lightning
+    writes the file in place, so a kill mid-write would leave a truncated best checkpoint)."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        save_atomically(trainer, Path(filepath), self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+
+def save_atomically(trainer: L.Trainer, path: Path, weights_only: bool = False) -> None:
     """``trainer.save_checkpoint`` to a temporary file, then rename it over ``path``: a kill mid-write leaves the
-    previous checkpoint whole (Lightning writes the target file in place)."""
+    previous checkpoint whole (Lightning writes the target file in place). A write that fails (a full disk) removes
+    the temporary file, keeps the previous checkpoint, and stops the run with one line (:class:`TrainingError`)."""
     tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp, weights_only=False)
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
+    try:
+        trainer.save_checkpoint(tmp, weights_only=weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+    except BaseException as exc:
+        if trainer.is_global_zero:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+            raise TrainingError(f"cannot write checkpoint {path}: {reason} ({free / 2**20:.1f} MiB free there); "
+                                "the previous checkpoint is kept") from None
+        raise
 
 
 class StopOnSignal(L.Callback):
-    """SIGINT or SIGTERM ends training after the current iteration, whose checkpoint is then written.
+    """SIGINT or SIGTERM (a scheduler's preemption) ends training after the current iteration, whose checkpoint is
+    then written.
 
     A second signal abandons the iteration at once (``KeyboardInterrupt``); the last checkpoint written stays.
     Handlers are installed for the duration of ``fit`` (main thread only) and the previous ones restored after.
+    Lightning's own SIGTERM handler, which would stop in the middle of the iteration, is replaced when training
+    starts. Under DDP a signal to any rank stops every rank after the same iteration.
     """
 
     def __init__(self) -> None:
@@ -224,7 +264,8 @@ class StopOnSignal(L.Callback):
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
+            previous = signal.signal(signum, self._handle)
+            self._previous.setdefault(signum, previous)
 
     def restore(self) -> None:
         """Put back the handlers that were there before :meth:`install`."""
@@ -242,6 +283,14 @@ class StopOnSignal(L.Callback):
             file=sys.stderr,
         )
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning registered its SIGTERM handler (which raises in the middle of the iteration) after install().
+        if self._previous and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, self._handle)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.signum is not None:
+        if trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
             trainer.should_stop = True  # LastCheckpoint (which runs after this) saves when should_stop is set
+            if self.signum is None:  # another rank was signalled
+                self.signum = signal.SIGTERM

@@ -1,4 +1,4 @@
-"""``pgkit`` command line: fit, eval, bench, validate, schema, list.
+"""``pgkit`` command line: fit, eval, bench, export, sync, validate, schema, list.
 
 Exit codes: 0 success; 1 the run failed (its last checkpoint is kept); 2 bad input (config, override, checkpoint
 path), reported as one line on stderr without a traceback.
@@ -7,14 +7,16 @@ path), reported as one line on stderr without a traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgkit.errors import Interrupted, TrainingError, UserError
+from pgkit.errors import Interrupted, Terminated, TrainingError, UserError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -29,6 +31,12 @@ def _config_args(p: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="let a checkpoint that someone else wrote import and run the code its config names (env "
+                        "entry points, reward functions); your own checkpoints need no flag")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(prog="pgkit", description="Policy-gradient training on PyTorch Lightning.")
@@ -37,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train from a config (or resume a checkpoint)")
     _config_args(p, required=False)
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (e.g. .../checkpoints/last.ckpt)")
+    _trust_arg(p)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
@@ -45,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="reset seed (default: the evaluation seed of the run)")
     p.add_argument("--video", metavar="DIR", help="also record the episodes as videos in DIR")
     p.add_argument("--json", action="store_true", help="print JSON: mean_return, std_return, episodes")
+    _trust_arg(p)
 
     p = sub.add_parser("bench", help="run a benchmark suite: every (algorithm, env, seed), then tables and curves")
     p.add_argument("--suite", required=True, metavar="FILE", help="suite YAML, e.g. configs/suites/mujoco-1m.yaml")
@@ -60,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     p.add_argument("--output", required=True, metavar="FILE")
+
+    p = sub.add_parser("sync", help="send what a run kept locally while its MLflow server was away")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's output folder (it holds mlflow-pending/)")
+    p.add_argument("--tracking-uri", metavar="URI", help="send to this store instead of the run's own")
 
     p = sub.add_parser("validate", help="check one or more configs without training")
     _config_args(p, required=False)
@@ -90,18 +104,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from pgkit.config_loading import load_config
     from pgkit.outputs import resolve_output_dir
     from pgkit.start_check import reporting_start_failures
-    from pgkit.training import check_tracking_uri, fit, process_rank
+    from pgkit.tracking import check_tracking_uri
+    from pgkit.training import fit, process_rank, with_absolute_store
+    from pgkit.trust import check_code_allowed
 
     if args.config is None and args.resume is None:
         raise UserError("pgkit fit: give --config FILE, or --resume CKPT to continue a run with its own config")
     with reporting_start_failures():  # under torchrun, a rank failing here stops the others at once
-        base = load_checkpoint(args.resume).config if args.config is None else None
-        cfg = load_config(args.config, args.overrides, base=base)
+        loaded = load_checkpoint(args.resume) if args.resume else None
+        base = None
+        if args.config is None:
+            # The run's own config: it names code only this user's checkpoints (or --trust-code) may run; its
+            # output folder is where the checkpoint is (or a new one), not necessarily where it was written.
+            check_code_allowed(args.resume, loaded.config, loaded.own, args.trust_code, "resume")
+            base = copy.deepcopy(loaded.config)
+            if isinstance(base.get("trainer"), dict):
+                base["trainer"].pop("output_dir", None)
+        cfg = with_absolute_store(load_config(args.config, args.overrides, base=base))
         if cfg.logger.enabled:
             check_tracking_uri(cfg.logger.tracking_uri)  # before the output folder is made
         cfg = resolve_output_dir(cfg, args.resume, process_rank(cfg.trainer.devices, cfg.trainer.num_nodes) == 0)
     try:
-        result = fit(cfg, resume=args.resume)
+        result = fit(cfg, resume=args.resume, loaded=loaded)
     except UserError:
         raise
     except Interrupted as exc:
@@ -111,9 +135,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"pgkit: run failed: {exc}; {_kept(cfg)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"pgkit: interrupted; {_kept(cfg)}", file=sys.stderr)
-        return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"pgkit: stopped by {signum.name}; {_kept(cfg)}", file=sys.stderr)
+        return 128 + signum
     except Exception as exc:
         if _peer_failed(exc):  # another rank died: its own log says why; this one stops in one line
             print(f"pgkit: run failed: another rank stopped ({' '.join(str(exc).split())[:200]}); {_kept(cfg)}",
@@ -152,7 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         headless_gl()  # before anything imports MuJoCo
     from pgkit.evaluation import EvalInterrupted, evaluate, record_video, restore_agent
 
-    agent, cfg, seed = restore_agent(args.checkpoint, args.seed)
+    agent, cfg, seed = restore_agent(args.checkpoint, args.seed, trust_code=args.trust_code)
 
     if hasattr(cfg, "model"):  # a language model: mean reward on the held-out prompts
         if args.video:
@@ -203,6 +228,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = export_policy(args.checkpoint, args.format, args.output)
     print(f"exported the deterministic policy of {args.checkpoint} to {path} ({args.format})")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from pgkit.tracking import PENDING_DIR, sync_pending
+
+    folder = Path(args.run_dir)
+    if not (folder / PENDING_DIR).is_dir():
+        print(f"pgkit sync: {folder} has nothing kept locally (no {PENDING_DIR}/)")
+        return 0
+    try:
+        sent = sync_pending(folder, args.tracking_uri)
+    except Exception as exc:  # the store still does not answer: nothing is lost, the queue stays
+        print(f"pgkit sync: the store does not take the writes yet ({' '.join(str(exc).split())[:200]}); they stay "
+              f"in {folder / PENDING_DIR}", file=sys.stderr)
+        return 1
+    print(f"pgkit sync: sent {sent} writes from {folder / PENDING_DIR}")
     return 0
 
 
@@ -282,21 +324,42 @@ COMMANDS = {
     "eval": cmd_eval,
     "bench": cmd_bench,
     "export": cmd_export,
+    "sync": cmd_sync,
     "validate": cmd_validate,
     "schema": cmd_schema,
     "list": cmd_list,
 }
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pgkit`` console script."""
+    """Entry point of the ``pgkit`` console script.
+
+    Ctrl-C or SIGTERM at any moment ends it with 130 or 143 and one line, never a traceback: during training after
+    the iteration and its checkpoint (:class:`~pgkit.callbacks.StopOnSignal`), before or after it at once."""
     args = build_parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
         # One line whatever the message quotes (an env's exception text, a key with a newline in it).
         print(" ".join(str(exc).splitlines()), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"pgkit: interrupted (SIGINT) during {args.command}", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Terminated:
+        print(f"pgkit: stopped by SIGTERM during {args.command}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,16 @@ import re
 from typing import Annotated, Any, Literal
 
 import gymnasium as gym
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pgkit.algorithms.configs import A2CConfig, GRPOConfig, PPOConfig, ReinforceConfig, TRPOConfig, VMPOConfig
 from pgkit.distributions import DistributionName, LogStdMode, allowed_distributions, make_head
@@ -25,6 +34,24 @@ from pgkit.networks.recurrent import RecurrentCore, RecurrentKind
 from pgkit.run_config import CheckpointConfig, EvalConfig, LoggerConfig, TrainerConfig
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+#: A layer's width. Bounded, so that a config (a crafted checkpoint's too) cannot ask for a network that does not fit
+#: in memory before its weights are even compared with the checkpoint's.
+Width = Annotated[int, Field(ge=1, le=65536)]
+#: A convolution's kernel size or stride.
+KernelSize = Annotated[int, Field(ge=1, le=256)]
+
+
+def validation_context(import_code: bool = True) -> dict[str, bool]:
+    """The pydantic context of a validation: with ``import_code`` false (a checkpoint read as data, see
+    :mod:`pgkit.trust`) the validators import nothing the config names (an env's ``module:Class``)."""
+    return {"import_code": import_code}
+
+
+def imports_code(info: ValidationInfo) -> bool:
+    """Whether this validation may import code the config names (yes, unless the context says otherwise)."""
+    return not (isinstance(info.context, dict) and info.context.get("import_code") is False)
 
 #: Algorithm name -> (config class, "module:LightningModule class"). Adding an algorithm means adding a line here.
 #: The module classes are imported when a run is built, so validating a config imports neither Lightning nor
@@ -73,8 +100,9 @@ class EnvConfig(BaseModel):
 
     @field_validator("id")
     @classmethod
-    def _known_env(cls, value: str) -> str:
-        check_env_id(value)
+    def _known_env(cls, value: str, info: ValidationInfo) -> str:
+        if imports_code(info):  # a checkpoint from elsewhere is read as data: nothing it names is imported
+            check_env_id(value)
         return value
 
     def make_probe(self) -> gym.Env:
@@ -97,13 +125,13 @@ class EncoderConfig(BaseModel):
     """``auto``: a CNN for every image in the observation (a ``uint8`` Box of 3 dims, channel-last, or
     channel-first when the first dim is the smallest, as SB3); ``cnn``: the same, and an error if there is none;
     ``flatten``: images as flat vectors scaled to [0, 1]."""
-    cnn_channels: tuple[PositiveInt, ...] = Field((32, 64, 64), min_length=1)
+    cnn_channels: tuple[Width, ...] = Field((32, 64, 64), min_length=1, max_length=32)
     """Output channels of each convolution (NatureCNN's by default)."""
-    cnn_kernels: tuple[PositiveInt, ...] = Field((8, 4, 3), min_length=1)
+    cnn_kernels: tuple[KernelSize, ...] = Field((8, 4, 3), min_length=1, max_length=32)
     """Square kernel size of each convolution."""
-    cnn_strides: tuple[PositiveInt, ...] = Field((4, 2, 1), min_length=1)
+    cnn_strides: tuple[KernelSize, ...] = Field((4, 2, 1), min_length=1, max_length=32)
     """Stride of each convolution."""
-    cnn_features: PositiveInt = 512
+    cnn_features: Width = 512
     """Width of the linear layer after the convolutions: the CNN's output features."""
     share: bool = True
     """The critic uses the actor's encoder (SB3's ``share_features_extractor``); false gives it its own CNN."""
@@ -126,7 +154,7 @@ class RecurrentConfig(BaseModel):
 
     kind: RecurrentKind = "lstm"
     """``lstm`` or ``gru``."""
-    hidden_size: PositiveInt = 128
+    hidden_size: Width = 128
     """Width of the core's state and output."""
     num_layers: int = Field(1, ge=1, le=16)
     """Stacked recurrent layers."""
@@ -143,9 +171,9 @@ class PolicyConfig(BaseModel):
     distribution: Literal["auto"] | DistributionName = "auto"
     """``auto`` picks from the action space: ``normal`` for Box, ``categorical`` for Discrete,
     ``multi_categorical`` for MultiDiscrete. ``tanh_normal`` squashes a Gaussian into the Box bounds."""
-    actor_hidden: tuple[PositiveInt, ...] = (64, 64)
+    actor_hidden: tuple[Width, ...] = Field((64, 64), max_length=64)
     """Hidden layer sizes of the actor (of the shared trunk when ``shared_trunk``)."""
-    critic_hidden: tuple[PositiveInt, ...] = (64, 64)
+    critic_hidden: tuple[Width, ...] = Field((64, 64), max_length=64)
     """Hidden layer sizes of the critic (ignored when ``shared_trunk``)."""
     activation: Activation = "tanh"
     """Hidden activation: ``tanh``, ``relu``, ``swish`` or ``elu``."""
@@ -321,10 +349,11 @@ class ExperimentConfig(BaseModel):
         world = self.trainer.devices * self.trainer.num_nodes
         return max(1, self.trainer.total_timesteps // (self.batch_size * world))
 
-    def init(self):
-        """Build the algorithm's LightningModule for this config."""
+    def init(self, spaces: tuple[gym.Space, gym.Space] | None = None):
+        """Build the algorithm's LightningModule for this config: for the env's own spaces (made once to read them),
+        or for ``spaces`` (a checkpoint's: no env is made, and nothing the config names is imported)."""
         import importlib
 
         module_name, class_name = ALGORITHMS[self.algorithm.name][1].split(":")
         module_cls = getattr(importlib.import_module(module_name), class_name)
-        return module_cls(self.model_dump(mode="json"))
+        return module_cls(self.model_dump(mode="json"), spaces)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pgkit.config import ALGORITHMS, ExperimentConfig
+from pgkit.config import ALGORITHMS, ExperimentConfig, validation_context
 from pgkit.environments.actions import check_action_space
 from pgkit.errors import ConfigError
 
@@ -170,14 +170,19 @@ def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> str:
     return f"config error: {message}{suffix}"
 
 
-def parse_config(data: dict[str, Any]) -> Any:
+def parse_config(data: dict[str, Any], import_code: bool = True) -> Any:
     """Validate a config mapping, raising :class:`ConfigError` with one readable line on failure: an
-    :class:`ExperimentConfig`, or a :class:`~pgkit.llm.config.LanguageExperimentConfig` when it has a ``model``."""
+    :class:`ExperimentConfig`, or a :class:`~pgkit.llm.config.LanguageExperimentConfig` when it has a ``model``.
+
+    Without ``import_code`` (a checkpoint from elsewhere, read as data: :mod:`pgkit.trust`) the config is checked
+    field by field only: nothing it names is imported and no env is made."""
     root, _ = schema_of(data)
     try:
-        cfg = root.model_validate(data)
+        cfg = root.model_validate(data, context=validation_context(import_code))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, data)) from None
+    if not import_code:
+        return cfg
     if root is not ExperimentConfig:
         from pgkit.llm.validation import check_language_config
 

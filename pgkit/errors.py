@@ -20,3 +20,8 @@ class Interrupted(Exception):
 class TrainingError(Exception):
     """A run that cannot go on (non-finite numbers, a failing environment). The message is complete: the CLI prints
     it without a traceback and exits 1; the last checkpoint written before it stays."""
+
+
+class Terminated(BaseException):
+    """SIGTERM outside training (start-up, evaluation): the CLI exits 143 with one line. A ``BaseException``, like
+    ``KeyboardInterrupt``, so that no ``except Exception`` swallows it."""

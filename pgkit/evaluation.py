@@ -116,17 +116,32 @@ def evaluate(
     return EvalResult(returns, lengths)
 
 
-def restore_agent(checkpoint: str | Path, seed: int | None = None) -> tuple[Any, Any, int]:
+def restore_agent(checkpoint: str | Path, seed: int | None = None, *, needs_env: bool = True,
+                  trust_code: bool = False, action: str = "evaluate") -> tuple[Any, Any, int]:
     """Rebuild the trained module from a checkpoint alone: ``(module in eval mode, config, evaluation seed)``.
 
+    With ``needs_env`` (``pgkit eval``) the config is checked as a new one, env included; a checkpoint that names
+    code (an env entry point, reward functions, ...) must be this user's own or ``trust_code`` must be given
+    (:mod:`pgkit.trust`), else :class:`UserError`. Without it (``predict``, ``export``, the MLflow model) the policy
+    is built from the spaces the checkpoint carries: no env is made and nothing the checkpoint names is imported.
     The default seed is the one training-time evaluation used, so ``pgkit eval`` reproduces its returns.
     """
     from pgkit.checkpoints import load_checkpoint, load_weights
     from pgkit.config_loading import parse_config
+    from pgkit.trust import check_code_allowed
 
     loaded = load_checkpoint(checkpoint)
-    cfg = parse_config(loaded.config)
-    module = cfg.init()
+    language = "model" in loaded.config
+    if language and not needs_env:
+        raise UserError(f"checkpoint error: {checkpoint}: is a language-model run, which {action} does not take; "
+                        "evaluate it with pgkit eval, or load its model with transformers")
+    if not needs_env and loaded.spaces is None:
+        # Written before checkpoints carried their spaces: the env must be made to read them.
+        needs_env, action = True, f"{action} (it predates checkpoints that carry their spaces)"
+    if needs_env:
+        check_code_allowed(checkpoint, loaded.config, loaded.own, trust_code, action)
+    cfg = parse_config(loaded.config, import_code=needs_env)
+    module = cfg.init() if language else cfg.init(loaded.spaces)
     load_weights(module, loaded)
     module.eval()
     return module, cfg, cfg.trainer.seed + EVAL_SEED_OFFSET if seed is None else seed

@@ -15,7 +15,9 @@ array.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,9 +65,8 @@ def export_policy(checkpoint: str | Path, fmt: ExportFormat, output: str | Path)
     """Write the deterministic policy of ``checkpoint`` to ``output`` as ``fmt``; returns the path."""
     from pgkit.evaluation import restore_agent
 
-    module, cfg, _ = restore_agent(checkpoint)
-    if hasattr(cfg, "model"):
-        raise UserError(f"export error: {checkpoint} is a language-model run; save its model with transformers")
+    check_output(checkpoint, output)
+    module, _, _ = restore_agent(checkpoint, needs_env=False, action="pgkit export")
     layout = module.observation_layout
     if layout.structured or any(leaf.kind != "vector" for leaf in layout.leaves):
         raise UserError(f"export error: {checkpoint}: only flat Box observations export as one array "
@@ -87,6 +88,31 @@ def export_policy(checkpoint: str | Path, fmt: ExportFormat, output: str | Path)
         else:
             _export_onnx(policy, example, out)
     return out
+
+
+def check_output(checkpoint: str | Path, output: str | Path) -> None:
+    """Raise :class:`UserError` when ``output`` is the checkpoint itself (through any path or link), another
+    checkpoint, or a folder: an export never writes over a run's state."""
+    out = Path(output)
+    if not out.exists():
+        return
+    if out.is_dir():
+        raise UserError(f"export error: --output: {output} is a directory; name a file")
+    if Path(checkpoint).exists() and os.path.samefile(out, checkpoint):
+        raise UserError(f"export error: --output: {output} is the checkpoint being exported; name another file")
+    if out.suffix == ".ckpt" or _is_checkpoint(out):
+        raise UserError(f"export error: --output: {output} is a checkpoint; an export never writes over one, name "
+                        "another file")
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` archive (a checkpoint), not a TorchScript one (which has code)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)
 
 
 def _export_onnx(policy: DeterministicPolicy, example: tuple[Tensor, ...], out: Path) -> None:

@@ -11,7 +11,6 @@ through the run's own client, so nothing changes MLflow's global tracking URI or
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -76,12 +75,7 @@ def log_policy(client: Any, run_id: str, checkpoint: Path, module: Any, register
         )
         client.log_artifacts(run_id, str(path), artifact_path=ARTIFACT_PATH)
     if register_as:
-        from mlflow.exceptions import MlflowException
-
-        with contextlib.suppress(MlflowException):  # already registered: add a version
-            client.create_registered_model(register_as)
-        source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT_PATH}"
-        client.create_model_version(register_as, source, run_id=run_id)
+        client.register_model(run_id, register_as, ARTIFACT_PATH)  # queued with the rest while the store is away
 
 
 def _version(package: str) -> str:

@@ -27,7 +27,6 @@ layout.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,7 +39,7 @@ from pgkit.environments import make_vec_env, seed_list
 from pgkit.environments.split import SplitVectorEnv
 from pgkit.errors import TrainingError
 from pgkit.networks.fused import fuse
-from pgkit.resume_state import load_env_state, save_env_state, sidecar_path
+from pgkit.resume_state import pack_env_state, unpack_env_state
 
 if TYPE_CHECKING:
     from pgkit.algorithms.base import OnPolicyModule
@@ -60,7 +59,7 @@ class Collector:
         self.sequence_states: Tensor | None = None
         self.steps_taken = 0
         self.unsaveable = False
-        """Whether the envs proved unpicklable, so checkpoints go without the env-state sidecar."""
+        """Whether the envs proved unpicklable, so checkpoints go without their env state."""
 
     # ------------------------------------------------------------------------------------------------ envs
     def open(self, rank: int) -> None:
@@ -230,39 +229,42 @@ class Collector:
         )
 
     # ------------------------------------------------------------------------------------- exact resume state
-    def save(self, checkpoint: Path, rank: int) -> None:
-        """Write the vector env, the next observation and the recurrent state next to ``checkpoint`` (see
-        :mod:`pgkit.resume_state`; sync and split vector envs)."""
-        if not isinstance(self.envs.unwrapped if self.envs is not None else None, (SyncVectorEnv, SplitVectorEnv)):
-            return
-        path = sidecar_path(checkpoint, rank)
-        if self.unsaveable:
-            path.unlink(missing_ok=True)  # never leave an older state beside a newer checkpoint
-            return
+    def pack_state(self) -> Tensor | None:
+        """The vector env, the next observation and the recurrent state, pickled and signed for the checkpoint (see
+        :mod:`pgkit.resume_state`), or None where they cannot be saved (async envs, envs that do not pickle)."""
+        if self.unsaveable or not isinstance(self.envs.unwrapped if self.envs is not None else None,
+                                             (SyncVectorEnv, SplitVectorEnv)):
+            return None
         state = {"envs": self.envs, "next_obs": self.next_obs, "env_id": self.module.cfg.env.id,
-                 "episode_start": self.episode_start.copy(), "recurrent_state": self.state.cpu()}
+                 "num_envs": self.module.num_envs, "episode_start": self.episode_start.copy(),
+                 "recurrent_state": self.state.cpu()}
         try:
-            save_env_state(path, state)
+            return pack_env_state(state)
         except Exception as exc:  # PicklingError, AttributeError, TypeError, ctypes' ValueError, ...
-            # The sidecar is an extra: an env holding a lambda, a handle or a wrapper's closure cannot be pickled.
+            # The env state is an extra: an env holding a lambda, a handle or a wrapper's closure cannot be pickled.
             # Say so once and go on; checkpoints are complete without it, and a resume starts from fresh envs.
             self.unsaveable = True
-            path.unlink(missing_ok=True)
             detail = " ".join(str(exc).split())[:160]
             print(f"pgkit: the state of env {self.module.cfg.env.id} cannot be saved ({exc.__class__.__name__}: "
                   f"{detail}); checkpoints are written without it, so a resumed run starts from freshly reset envs",
                   file=sys.stderr)
+            return None
 
-    def restore(self, checkpoint: Path, rank: int) -> None:
-        """Replace the freshly reset envs by the ones saved with ``checkpoint`` when their signed state verifies;
+    def restore(self, packed: Tensor | None) -> None:
+        """Replace the freshly reset envs by the ones saved in the checkpoint when their signed state verifies;
         otherwise keep the fresh envs (and zero recurrent states) and say why (the run resumes, not bit-exactly)."""
-        state, reason = load_env_state(sidecar_path(checkpoint, rank))
-        if state is None or state.get("env_id") != self.module.cfg.env.id:
-            reason = reason or "it belongs to another env"
+        if packed is None:
+            print("pgkit: resuming with freshly reset envs: the checkpoint holds no env state for this rank (async "
+                  "envs, envs that cannot be pickled, or a checkpoint of an older pgkit)", file=sys.stderr)
+            return
+        state, reason = unpack_env_state(packed)
+        if state is not None and (state.get("env_id") != self.module.cfg.env.id
+                                  or state.get("num_envs") != self.module.num_envs):
+            state, reason = None, "it belongs to another env or number of sub-envs"
+        if state is None:
             print(f"pgkit: resuming with freshly reset envs: {reason}", file=sys.stderr)
             return
         self.envs.close()
         self.envs, self.next_obs = state["envs"], state["next_obs"]
-        if "recurrent_state" in state:  # sidecars written before recurrent policies have neither
-            self.episode_start = state["episode_start"]
-            self.state = state["recurrent_state"].to(self.module.device)
+        self.episode_start = state["episode_start"]
+        self.state = state["recurrent_state"].to(self.module.device)

@@ -5,23 +5,34 @@ from __future__ import annotations
 import logging
 import os
 import time
-import urllib.parse
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 
-from pgkit.callbacks import EnvStepProgressBar, LastCheckpoint, MLflowArtifacts, StopOnSignal, SystemMetrics
-from pgkit.checkpoints import check_resume_fits, load_checkpoint, load_weights
+from pgkit.callbacks import (
+    BestCheckpoint,
+    EnvStepProgressBar,
+    LastCheckpoint,
+    MLflowArtifacts,
+    StopOnSignal,
+    SystemMetrics,
+)
+from pgkit.checkpoints import LoadedCheckpoint, check_resume_fits, load_checkpoint, load_weights
 from pgkit.config import ExperimentConfig
-from pgkit.errors import ConfigError, Interrupted
-from pgkit.outputs import resolve_output_dir
+from pgkit.errors import Interrupted
+from pgkit.outputs import continues_in_place, release_all, resolve_output_dir
 from pgkit.start_check import reporting_start_failures, wait_for_all_ranks
+from pgkit.tracking import (
+    Logger,
+    absolute_tracking_uri,
+    check_tracking_uri,
+    open_logger,
+    tracking_settings,
+)
 
 
 @dataclass(frozen=True)
@@ -60,34 +71,9 @@ def quiet_lightning() -> None:
         ".*torch.distributed.nn.functional.all_gather is deprecated.*",  # inside Lightning's all_gather
         ".*module\\(s\\) in eval mode at the start of training.*",  # frozen reference policies, deliberately
         ".*is_gradient_checkpointing` is deprecated.*",  # peft asks transformers 5 the old name
+        ".*The dirpath has changed from.*",  # a resume that branches into a new folder starts its own best.ckpt
     ):
         warnings.filterwarnings("ignore", pattern)
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, as bad input, when an HTTP tracking server does not answer its health check (MLflow's own client
-    would retry for minutes, after the Trainer is built) or a sqlite store's directory does not exist."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        health = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(health, timeout=timeout) as response:
-                if response.status == 200:
-                    return
-                problem = f"HTTP {response.status}"
-        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, malformed URLs
-            problem = str(getattr(exc, "reason", exc))
-        raise ConfigError(
-            f"config error: logger.tracking_uri: no MLflow tracking server answers at {uri} ({problem}); start one "
-            f"with `mlflow server --host 127.0.0.1 --port PORT`, or use sqlite:///mlflow.db (got {uri!r})"
-        )
-    if parsed.scheme == "sqlite":
-        db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-        if db is not None and str(db) != ":memory:" and not db.parent.exists():
-            raise ConfigError(
-                f"config error: logger.tracking_uri: directory {str(db.parent)!r} of the sqlite store does not exist "
-                f"(got {uri!r})"
-            )
 
 
 def process_rank(devices_per_node: int, num_nodes: int = 1) -> int:
@@ -114,51 +100,66 @@ def _run_name(cfg: ExperimentConfig) -> str:
     return folder if folder.startswith(f"{base}-v") and folder[len(base) + 2 :].isdigit() else base
 
 
-def make_logger(cfg: ExperimentConfig, run_id: str | None) -> MLFlowLogger | None:
-    """The MLflow logger, continuing ``run_id`` when resuming."""
+def make_logger(cfg: ExperimentConfig, run_id: str | None) -> Logger | None:
+    """The MLflow logger, continuing ``run_id`` when resuming in place (:mod:`pgkit.tracking`)."""
     if not cfg.logger.enabled:
         return None
     check_tracking_uri(cfg.logger.tracking_uri)
-    return MLFlowLogger(
-        experiment_name=cfg.logger.experiment_name,
-        run_name=cfg.logger.run_name or _run_name(cfg),
-        tracking_uri=cfg.logger.tracking_uri,
-        run_id=run_id,
-        log_model=False,
-        tags={
-            "pgkit.algorithm": cfg.algorithm.name,
-            "pgkit.env": cfg.env.id,
-            "pgkit.seed": str(cfg.trainer.seed),
-            **cfg.logger.tags,
-        },
-    )
+    tags = {"pgkit.algorithm": cfg.algorithm.name, "pgkit.env": cfg.env.id, "pgkit.seed": str(cfg.trainer.seed),
+            **cfg.logger.tags}
+    return open_logger(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.run_name or _run_name(cfg),
+                       run_id, tags, Path(cfg.trainer.output_dir))
 
 
-def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
-    """Train ``cfg`` to completion (or continue the run saved in ``resume``).
+def fit(cfg: ExperimentConfig, resume: str | Path | None = None,
+        loaded: LoadedCheckpoint | None = None) -> FitResult:
+    """Train ``cfg`` to completion (or continue the run saved in ``resume``; ``loaded`` is that checkpoint when the
+    caller has read it already).
 
-    A new run never writes over an earlier run's checkpoints (:func:`pgkit.outputs.resolve_output_dir`): the
-    returned :class:`FitResult` says which folder it used. Everything that can be checked is checked before an MLflow
-    run is opened: the output folder, the tracking URI, and that ``resume`` fits the config.
+    A new run never writes over an earlier run's checkpoints, and two runs never share a folder
+    (:func:`pgkit.outputs.resolve_output_dir`): the returned :class:`FitResult` says which folder it used.
+    Everything that can be checked is checked before an MLflow run is opened: the output folder, the tracking URI,
+    and that ``resume`` fits the config. A resume from its folder's ``last.ckpt`` continues the same MLflow run;
+    one from any other checkpoint branches into a new folder and a new MLflow run.
     """
     called = time.perf_counter()
-    with reporting_start_failures():  # under torchrun, a rank whose checks fail stops the others at once
-        cfg, module, trainer, callbacks, logger, best = _setup(cfg, resume)
+    cfg = with_absolute_store(cfg)
+    with tracking_settings():
+        try:
+            with reporting_start_failures():  # under torchrun, a rank whose checks fail stops the others at once
+                cfg, module, trainer, callbacks, logger, best = _setup(cfg, resume, loaded)
+            return _train(cfg, module, trainer, callbacks, logger, best, resume, called)
+        finally:
+            release_all()
+
+
+def with_absolute_store(cfg: Any) -> Any:
+    """``cfg`` with a relative sqlite tracking URI made absolute, so the checkpoint names the store it used."""
+    uri = absolute_tracking_uri(cfg.logger.tracking_uri)
+    if uri == cfg.logger.tracking_uri:
+        return cfg
+    return cfg.model_copy(update={"logger": cfg.logger.model_copy(update={"tracking_uri": uri})})
+
+
+def _train(cfg: Any, module: Any, trainer: L.Trainer, callbacks: list, logger: Logger | None, best: Any,
+           resume: str | Path | None, called: float) -> FitResult:
     wait_for_all_ranks(cfg.trainer.start_timeout)
     output_dir = Path(cfg.trainer.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     stop = next(c for c in callbacks if isinstance(c, StopOnSignal))
     stop.install()
     try:
-        trainer.fit(module, ckpt_path=str(resume) if resume else None)
-    except SystemExit:  # Lightning's SIGTERM stop, raised after the iteration (and its checkpoint) completed
+        trainer.fit(module, ckpt_path=str(resume) if resume else None, weights_only=True)
+    except SystemExit:  # Lightning's exit after a second Ctrl-C, raised once the iteration was abandoned
         if stop.signum is None:
             raise
     finally:
         stop.restore()
+        if logger is not None:
+            if stop.signum is not None and logger.run_id is not None:
+                logger.experiment.set_terminated(logger.run_id, "KILLED")
+            logger.resilient.finish(output_dir)
     if stop.signum is not None:
-        if logger is not None and logger.run_id is not None:
-            logger.experiment.set_terminated(logger.run_id, "KILLED")
         raise Interrupted(stop.signum, str(checkpoint_dir / "last.ckpt"))
     best_path = checkpoint_dir / "best.ckpt"
     return FitResult(
@@ -174,11 +175,12 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None) -> FitResult:
     )
 
 
-def _setup(cfg: ExperimentConfig, resume: str | Path | None):
+def _setup(cfg: ExperimentConfig, resume: str | Path | None, loaded: LoadedCheckpoint | None):
     """Everything before training, checks first: the config with its output folder resolved, the module, the
     Trainer, its callbacks, the MLflow logger (rank 0) and the best-checkpoint callback (or None)."""
     quiet_lightning()
-    loaded = load_checkpoint(resume) if resume else None
+    if resume and loaded is None:
+        loaded = load_checkpoint(resume)
     if loaded is not None:
         check_resume_fits(loaded, cfg.model_dump(mode="json"))
     if cfg.logger.enabled:
@@ -193,8 +195,9 @@ def _setup(cfg: ExperimentConfig, resume: str | Path | None):
     module = cfg.init()
     if loaded is not None:  # fail as bad input before training, not deep inside Lightning's restore
         load_weights(module, loaded)
-        module.resume_from = Path(resume)
-    run_id = loaded.mlflow_run_id if loaded else None
+        module.resume_env_states = loaded.env_states
+    # The same MLflow run only when the run continues in its own folder; a branch (best.ckpt, a copy) is a new run.
+    run_id = loaded.mlflow_run_id if loaded is not None and continues_in_place(cfg, resume) else None
     # Only global rank 0 opens the tracking store: two ranks creating a fresh sqlite schema at once collide, and
     # every metric is rank 0's to log anyway (Lightning's own loggers are rank-zero-only).
     rank_zero = process_rank(cfg.trainer.devices, cfg.trainer.num_nodes) == 0
@@ -206,7 +209,7 @@ def _setup(cfg: ExperimentConfig, resume: str | Path | None):
     ]
     best = None
     if cfg.checkpoint.save_best and cfg.eval.every_n_iterations:
-        best = ModelCheckpoint(
+        best = BestCheckpoint(
             dirpath=checkpoint_dir,
             filename="best",
             monitor="eval/mean_return",
@@ -218,6 +221,8 @@ def _setup(cfg: ExperimentConfig, resume: str | Path | None):
         )
         callbacks.append(best)
     if logger is not None:
+        if loaded is not None and run_id is None:
+            logger.resilient.set_tag(logger.run_id, "pgkit.resumed_from", str(Path(resume).resolve()))
         callbacks.append(
             MLflowArtifacts(logger, cfg.model_dump(mode="json"), checkpoint_dir, resumed=run_id is not None)
         )

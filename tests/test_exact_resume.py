@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from pgkit.algorithms.base import OnPolicyModule
 from pgkit.config_loading import load_config
-from pgkit.resume_state import sidecar_path
+from pgkit.checkpoints import load_checkpoint
 from pgkit.training import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ CASES = {
          "algorithm.update_epochs=2", "trainer.total_timesteps=768", "eval.every_n_iterations=2", "eval.episodes=2"],
         6, 3,
     ),
-    # env.backend: split: the worker's half of the sub-envs is fetched into the sidecar and restored into a new worker
+    # env.backend: split: the worker's half of the sub-envs is fetched into the checkpoint and restored into a new worker
     "ppo-inverted-pendulum-split-backend": (
         "ppo.yaml",
         ["env.id=InvertedPendulum-v5", "env.num_envs=3", "env.backend=split", "algorithm.num_steps=64",
@@ -38,7 +38,7 @@ CASES = {
          "eval.episodes=2", "checkpoint.every_n_iterations=1"],
         8, 5,
     ),
-    # A recurrent policy on a Dict of an image and a vector: the sidecar also carries each env's LSTM state.
+    # A recurrent policy on a Dict of an image and a vector: the env state also carries each env's LSTM state.
     "ppo-lstm-dict": (
         "ppo-lstm.yaml",
         ["env.id=pgkit/Squared-v0", "env.kwargs={observation: dict}", "env.num_envs=2", "algorithm.num_steps=32",
@@ -79,7 +79,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, case):
     first = fit(cfg("split"))
     monkeypatch.setattr(OnPolicyModule, "on_train_epoch_end", original)
     last = first.last_checkpoint
-    assert sidecar_path(last, 0).exists()
+    assert set(load_checkpoint(last).env_states) == {"0"}  # the env state is inside the checkpoint
     batch = first.env_steps // stop_after
     second = fit(cfg("split"), resume=last)
     assert second.env_steps == iterations * batch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from tensordict import TensorDict
 from torch import Tensor
@@ -30,8 +32,8 @@ class A2C(OnPolicyModule):
     # more than the update of a 5-step rollout.
     fused_minibatches = True
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict, spaces: tuple[Any, Any] | None = None) -> None:
+        super().__init__(config, spaces)
         self.algo: A2CConfig = self.cfg.algorithm
         self.automatic_optimization = False
 

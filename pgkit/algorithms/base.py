@@ -19,9 +19,9 @@ feedforward policy.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
 import lightning as L
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor
 from pgkit.algorithms import kernel_update
 from pgkit.algorithms.batching import MinibatchIndices
 from pgkit.algorithms.compile import Compilation
-from pgkit.algorithms.distributed import check_ranks_agree, iteration_totals
+from pgkit.algorithms.distributed import check_ranks_agree, gather_env_states, iteration_totals
 from pgkit.algorithms.metrics import IterationMetrics
 from pgkit.algorithms.progress import Progress
 from pgkit.algorithms.training_data import TrainingData
@@ -72,16 +72,20 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
     #: :meth:`kernel_step` then replaces the autograd step in :meth:`minibatch_updates`.
     update_kernel: Any = None
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], spaces: tuple[gym.Space, gym.Space] | None = None) -> None:
         super().__init__()
-        from pgkit.config import ExperimentConfig
+        from pgkit.config import ExperimentConfig, validation_context
 
-        self.save_hyperparameters(logger=False)
-        self.cfg: ExperimentConfig = ExperimentConfig.model_validate(config)
+        self.save_hyperparameters("config", logger=False)
+        # With the spaces given (a checkpoint's), nothing the config names is imported or made: see pgkit.trust.
+        self.cfg: ExperimentConfig = ExperimentConfig.model_validate(config,
+                                                                     context=validation_context(spaces is None))
         env_cfg, algo = self.cfg.env, self.cfg.algorithm
-        probe = env_cfg.make_probe()
-        self.observation_space, self.action_space = probe.observation_space, probe.action_space
-        probe.close()
+        if spaces is None:
+            probe = env_cfg.make_probe()
+            spaces = probe.observation_space, probe.action_space
+            probe.close()
+        self.observation_space, self.action_space = spaces
 
         self.policy = self.cfg.policy.init(self.observation_space, self.action_space)
         self.action_adapter = ActionAdapter(self.action_space, env_cfg.action_bounds)
@@ -109,7 +113,8 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         self._fit_start_time = 0.0
         self._fit_start_steps = 0
         self.rollout_metrics: dict[str, float] = {}
-        self.resume_from: Path | None = None  # set by fit(resume=...): restore the env state saved with it
+        #: Set by fit(resume=...): each rank's packed env state from the checkpoint, restored at setup.
+        self.resume_env_states: dict[str, Tensor] | None = None
         #: Eager feedforward rollouts act through a fused copy of the acting network taken at the rollout's start
         #: (None: through the network itself). A plain function, never a module, so no part of the module's state.
         self.rollout_forward: FusedForward | None = None
@@ -133,15 +138,11 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         if stage != "fit" or self.collector.envs is not None:
             return
         self.collector.open(self.global_rank)
-        if self.resume_from is not None:
-            self.collector.restore(self.resume_from, self.global_rank)
+        if self.resume_env_states is not None:
+            self.collector.restore(self.resume_env_states.get(str(self.global_rank)))
 
     def teardown(self, stage: str) -> None:
         self.collector.close()
-
-    def save_env_state(self, checkpoint: Path) -> None:
-        """Write this rank's envs, next observation and recurrent state next to ``checkpoint``."""
-        self.collector.save(checkpoint, self.global_rank)
 
     # ---------------------------------------------------------------------------------------------------- rollout
     def collect_rollout(self) -> list[tuple[float, int]]:
@@ -312,8 +313,13 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The MLflow run id lets a resumed run continue the same run instead of starting a new curve at step 0.
-        checkpoint["pgkit"] = checkpoint_metadata(getattr(self.logger, "run_id", None))
+        # The MLflow run id lets a resumed run continue the same run instead of starting a new curve at step 0; the
+        # spaces let predict and export rebuild the policy without an env; every rank's env state goes into the one
+        # file, so a checkpoint and its env state are written (and renamed into place) together.
+        packed = self.collector.pack_state() if self.collector.envs is not None else None
+        checkpoint["pgkit"] = checkpoint_metadata(
+            getattr(self.logger, "run_id", None), checkpoint["hyper_parameters"]["config"],
+            spaces=(self.observation_space, self.action_space), env_states=gather_env_states(self, packed))
 
     # ------------------------------------------------------------------------------------------------ subclasses
     def compute_loss(self, batch: TensorDict) -> dict[str, Tensor | None]:

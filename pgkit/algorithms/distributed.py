@@ -25,6 +25,16 @@ def iteration_totals(module: OnPolicyModule, episodes: list[tuple[float, int]], 
     return totals
 
 
+def gather_env_states(module: OnPolicyModule, packed: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Every rank's packed env state (None where a rank has none), by rank as text, on every rank: rank 0 writes
+    them all into the one checkpoint file."""
+    if not module.distributed:
+        return {} if packed is None else {str(module.global_rank): packed}
+    gathered: list[torch.Tensor | None] = [None] * module.trainer.world_size
+    torch.distributed.all_gather_object(gathered, packed)
+    return {str(rank): state for rank, state in enumerate(gathered) if state is not None}
+
+
 def check_ranks_agree(module: OnPolicyModule) -> None:
     """Raise :class:`TrainingError` unless every rank ends with the same parameters and normaliser statistics
     (DDP averages gradients; :meth:`RunningMeanStd.merge_ranks` syncs the statistics)."""

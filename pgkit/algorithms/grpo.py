@@ -130,8 +130,8 @@ class GRPO(OnPolicyModule):
 
     has_critic = False
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict, spaces: tuple[Any, Any] | None = None) -> None:
+        super().__init__(config, spaces)
         self.algo: GRPOConfig = self.cfg.algorithm
         a = self.algo
         self.group_size = a.group_size

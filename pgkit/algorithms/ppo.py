@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict
@@ -71,8 +71,8 @@ class PPO(OnPolicyModule):
 
     fused_minibatches = True
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict, spaces: tuple[Any, Any] | None = None) -> None:
+        super().__init__(config, spaces)
         algo: PPOConfig = self.cfg.algorithm
         self.algo = algo
         self.update_epochs, self.num_minibatches = algo.update_epochs, algo.num_minibatches

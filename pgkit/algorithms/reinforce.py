@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from tensordict import TensorDict
@@ -51,8 +53,8 @@ def reinforce_loss(log_prob: Tensor, weight: Tensor, mask: Tensor, entropy: Tens
 class Reinforce(OnPolicyModule):
     """REINFORCE: one policy-gradient step per batch of complete-episode returns."""
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict, spaces: tuple[Any, Any] | None = None) -> None:
+        super().__init__(config, spaces)
         self.algo: ReinforceConfig = self.cfg.algorithm
         self.automatic_optimization = False
         self.learned_value = self.algo.baseline == "value"

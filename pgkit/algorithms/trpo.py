@@ -13,6 +13,7 @@ trained separately by minibatch regression on the returns.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -128,8 +129,8 @@ def natural_gradient_step(
 class TRPO(OnPolicyModule):
     """TRPO as a LightningModule with manual optimisation: one policy step and the critic epochs per iteration."""
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict, spaces: tuple[Any, Any] | None = None) -> None:
+        super().__init__(config, spaces)
         self.algo: TRPOConfig = self.cfg.algorithm
         self.automatic_optimization = False
 

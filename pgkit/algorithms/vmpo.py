@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +76,8 @@ def _inverse_softplus(x: float) -> float:
 class VMPO(OnPolicyModule):
     """V-MPO: the target network acts; the online network learns under the KL trust region."""
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict, spaces: tuple[Any, Any] | None = None) -> None:
+        super().__init__(config, spaces)
         a: VMPOConfig = self.cfg.algorithm
         self.algo = a
         self.update_epochs, self.num_minibatches = a.update_epochs, a.num_minibatches

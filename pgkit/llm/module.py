@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader
 from pgkit.algorithms.grpo import ReferenceSync, adapt_beta
 from pgkit.algorithms.metrics import IterationMetrics
 from pgkit.algorithms.progress import Progress
-from pgkit.checkpoints import checkpoint_metadata
+from pgkit.checkpoints import checkpoint_metadata, trained_state_keys
 from pgkit.evaluation import EvalResult
 from pgkit.llm.config import LanguageExperimentConfig
 from pgkit.llm.envs import env_factory
@@ -68,6 +67,9 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
             lora = c.model.lora
             model = add_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
         self.policy = model
+        #: A LoRA run's frozen base weights (in the policy and its reference copy) stay out of checkpoints.
+        self.frozen_prefixes = ("policy.", "reference.") if c.model.lora is not None else ()
+        self.strict_loading = c.model.lora is None
         self.value_head = ValueHead(hidden_size(model)) if self.algo.name == "ppo" else None
         beta = getattr(self.algo, "beta", 0.0)
         needs_reference = (self.algo.name == "grpo" and (beta > 0 or self.algo.adaptive_beta)) or (
@@ -91,7 +93,6 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
         self.episode_times: list[float] = []  # time.perf_counter() at the end of the rollout in which each finished
         self.last_metrics: dict[str, float] = {}
         self.rollout_metrics: dict[str, float] = {}
-        self.resume_from: Path | None = None
         self.episodes: Episodes | None = None
         self.data: dict[str, Tensor] = {}
         self.values: Tensor | None = None  # this iteration's reward-function values, [B, functions]
@@ -117,11 +118,17 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
             # eager (generate's cache changes shape every token).
             self.forward_pass = torch.compile(self.policy.forward, dynamic=True)
 
-    def save_env_state(self, checkpoint: Path) -> None:
-        """Nothing lives between iterations but what the checkpoint holds (prompts are drawn per iteration)."""
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["pgkit"] = checkpoint_metadata(getattr(self.logger, "run_id", None))
+        # Nothing lives between iterations but what the checkpoint holds (prompts are drawn per iteration). A LoRA
+        # run keeps only what trains (the adapters, the value head, the counters): the frozen base model is named
+        # by model.path and loaded from there, so a checkpoint is megabytes, not the whole model again.
+        base = None
+        if self.cfg.model.lora is not None:
+            keep = set(trained_state_keys(self))
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+            base = self.cfg.model.path
+        checkpoint["pgkit"] = checkpoint_metadata(getattr(self.logger, "run_id", None),
+                                                  checkpoint["hyper_parameters"]["config"], base_model=base)
 
     @property
     def progress(self) -> float:
