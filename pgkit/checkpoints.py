@@ -78,6 +78,13 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         raise _bad(path, "not a pgkit checkpoint (no pgkit config or state)")
     state = ckpt["state_dict"]
     _check_numbers(path, ckpt, state)
+    from pgkit.config_loading import check_size
+    from pgkit.errors import ConfigError
+
+    try:
+        check_size(config, "hyper_parameters.config")
+    except ConfigError as exc:
+        raise _bad(path, str(exc).removeprefix("config error: ")) from None
     run_id = meta.get("mlflow_run_id")
     if run_id is not None and not (isinstance(run_id, str) and run_id.isalnum() and len(run_id) <= 64):
         raise _bad(path, f"pgkit.mlflow_run_id is not an MLflow run id (got {run_id!r:.60})")

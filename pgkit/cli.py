@@ -103,14 +103,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from pgkit.checkpoints import load_checkpoint
     from pgkit.config_loading import load_config
     from pgkit.outputs import resolve_output_dir
-    from pgkit.start_check import reporting_start_failures
+    from pgkit.start_check import host_start_store, reporting_start_failures
     from pgkit.tracking import check_tracking_uri
     from pgkit.training import fit, process_rank, with_absolute_store
     from pgkit.trust import check_code_allowed
 
     if args.config is None and args.resume is None:
         raise UserError("pgkit fit: give --config FILE, or --resume CKPT to continue a run with its own config")
-    with reporting_start_failures():  # under torchrun, a rank failing here stops the others at once
+    host_start_store()  # Lightning's multi-node launcher: node 0 hosts the store the ranks meet in
+    with reporting_start_failures():  # across processes, a rank failing here stops the others at once
         loaded = load_checkpoint(args.resume) if args.resume else None
         base = None
         if args.config is None:

@@ -19,9 +19,52 @@ from pgkit.config import ALGORITHMS, ExperimentConfig, validation_context
 from pgkit.environments.actions import check_action_space
 from pgkit.errors import ConfigError
 
+#: The most values a config may expand to, aliases followed: a config has a few hundred. A YAML "alias bomb" of 1 KB
+#: expands to billions, which pydantic, MLflow's params and error messages would each try to spell out.
+MAX_VALUES = 100_000
+#: The deepest nesting a config may have.
+MAX_DEPTH = 64
+
+
+def check_size(data: Any, source: str) -> None:
+    """Raise :class:`ConfigError` when ``data``, with its YAML aliases expanded, holds more than :data:`MAX_VALUES`
+    values or nests deeper than :data:`MAX_DEPTH` (a recursive alias nests forever). Shared parts are counted once
+    per use but walked once, so the check itself is quick whatever the expansion."""
+    memo: dict[int, int] = {}
+
+    def size(node: Any, depth: int) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"config error: {source}: nested more than {MAX_DEPTH} levels deep (a recursive YAML "
+                              "alias?)")
+        if id(node) in memo:
+            return memo[id(node)]
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_VALUES:
+                raise ConfigError(f"config error: {source}: expands to more than {MAX_VALUES} values (YAML aliases "
+                                  "repeated inside each other?)")
+        memo[id(node)] = total
+        return total
+
+    size(data, 0)
+
+
+def _safe_load(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with nesting that overflows the parser reported as bad input, and the expansion capped."""
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"config error: {source}: nested too deeply to parse") from None
+    check_size(data, source)
+    return data
+
 
 def read_yaml_file(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping from ``path``, reporting missing, unreadable, empty and malformed files."""
+    """Parse a YAML mapping from ``path``, reporting missing, unreadable, empty, malformed and oversized files."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -32,7 +75,7 @@ def read_yaml_file(path: str | Path) -> dict[str, Any]:
     except (PermissionError, UnicodeDecodeError, OSError) as exc:
         raise ConfigError(f"config error: {path}: cannot read file ({exc.__class__.__name__}: {exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load(text, str(path))
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -54,7 +97,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"config error: --set {assignment!r}: expected KEY=VALUE with a dotted key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _safe_load(raw, f"--set {key}") if raw.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"config error: {key}: value is not valid YAML (got {raw!r})") from None
     node = data

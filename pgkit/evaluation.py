@@ -141,7 +141,8 @@ def restore_agent(checkpoint: str | Path, seed: int | None = None, *, needs_env:
     if needs_env:
         check_code_allowed(checkpoint, loaded.config, loaded.own, trust_code, action)
     cfg = parse_config(loaded.config, import_code=needs_env)
-    module = cfg.init() if language else cfg.init(loaded.spaces)
+    # With an env, its own spaces (the weights must fit the env that will be stepped); without, the checkpoint's.
+    module = cfg.init() if needs_env else cfg.init(loaded.spaces)
     load_weights(module, loaded)
     module.eval()
     return module, cfg, cfg.trainer.seed + EVAL_SEED_OFFSET if seed is None else seed

@@ -140,6 +140,9 @@ def resolve_output_dir(cfg: Any, resume: str | Path | None = None, rank_zero: bo
             candidate = Path(f"{base}-v{version}")
         output_dir = candidate
     check_writable(output_dir)
+    for stale in (output_dir / "checkpoints").glob("*.tmp"):  # a write killed mid-way; the folder is ours now
+        with contextlib.suppress(OSError):
+            stale.unlink()
     os.environ[OUTPUT_DIR_VAR] = str(output_dir)  # for the processes Lightning starts for the other ranks
     return _with_dir(cfg, output_dir) if str(output_dir) != trainer.output_dir else cfg
 

@@ -355,9 +355,17 @@ def sync_pending(output_dir: str | Path, uri: str | None = None) -> int:
 
 class Logger(MLFlowLogger):
     """Lightning's ``MLFlowLogger`` on a :class:`ResilientClient`, ending its run without reading it first (a run
-    must end even while the server is away)."""
+    must end even while the server is away). :meth:`start` creates the run; until then the store is only open."""
 
     resilient: ResilientClient
+
+    def start(self, output_dir: Path) -> None:
+        """Create (or find) the experiment and the run, under :func:`store_lock`, and route every write through
+        a :class:`ResilientClient` queueing into ``output_dir``."""
+        with store_lock(self._tracking_uri):
+            retry_busy(lambda: self.experiment)
+        self.resilient = ResilientClient(self._mlflow_client, self._tracking_uri, output_dir / PENDING_DIR)
+        self._mlflow_client = self.resilient
 
     def finalize(self, status: str = "success") -> None:
         if not self._initialized:
@@ -366,10 +374,10 @@ class Logger(MLFlowLogger):
         self.experiment.set_terminated(self.run_id, status)
 
 
-def open_logger(uri: str, experiment: str, run_name: str, run_id: str | None, tags: dict[str, str],
-                output_dir: Path) -> Logger:
-    """An MLflow logger on ``uri``, continuing ``run_id`` when it is there; the store is opened (its schema made,
-    the run created) under :func:`store_lock`, so runs that start together on a fresh store each get their run."""
+def open_logger(uri: str, experiment: str, run_name: str, run_id: str | None, tags: dict[str, str]) -> Logger:
+    """An MLflow logger on ``uri``, continuing ``run_id`` when it is there. The store is opened (its schema made)
+    under :func:`store_lock`, so runs that start together on a fresh store do not collide; the run itself is made
+    by :meth:`Logger.start`, once every rank is ready."""
     with store_lock(uri):
         if run_id is not None:
             from mlflow import MlflowClient
@@ -383,12 +391,8 @@ def open_logger(uri: str, experiment: str, run_name: str, run_id: str | None, ta
                 print(f"pgkit: MLflow run {run_id} of the checkpoint is not in {uri}; the resumed run is logged as "
                       "a new MLflow run", file=sys.stderr)
                 run_id = None
-        logger = retry_busy(Logger, experiment_name=experiment, run_name=run_name, tracking_uri=uri, run_id=run_id,
-                            log_model=False, tags=tags)
-        retry_busy(lambda: logger.experiment)  # opens the store and creates (or finds) the experiment and the run
-    logger.resilient = ResilientClient(logger._mlflow_client, uri, output_dir / PENDING_DIR)
-    logger._mlflow_client = logger.resilient
-    return logger
+        return retry_busy(Logger, experiment_name=experiment, run_name=run_name, tracking_uri=uri, run_id=run_id,
+                          log_model=False, tags=tags)
 
 
 __all__ = ["Logger", "ResilientClient", "absolute_tracking_uri", "check_tracking_uri", "open_logger",

@@ -84,8 +84,8 @@ def process_rank(devices_per_node: int, num_nodes: int = 1) -> int:
         return 0
     if "RANK" in os.environ:
         return int(os.environ["RANK"])
-    if "LOCAL_RANK" in os.environ:
-        return int(os.environ.get("NODE_RANK", 0)) * devices_per_node + int(os.environ["LOCAL_RANK"])
+    if "LOCAL_RANK" in os.environ or "NODE_RANK" in os.environ:  # a node's first process has no LOCAL_RANK yet
+        return int(os.environ.get("NODE_RANK", 0)) * devices_per_node + int(os.environ.get("LOCAL_RANK", 0))
     for var in ("SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         if var in os.environ:
             return int(os.environ[var])
@@ -108,7 +108,7 @@ def make_logger(cfg: ExperimentConfig, run_id: str | None) -> Logger | None:
     tags = {"pgkit.algorithm": cfg.algorithm.name, "pgkit.env": cfg.env.id, "pgkit.seed": str(cfg.trainer.seed),
             **cfg.logger.tags}
     return open_logger(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg.logger.run_name or _run_name(cfg),
-                       run_id, tags, Path(cfg.trainer.output_dir))
+                       run_id, tags)
 
 
 def fit(cfg: ExperimentConfig, resume: str | Path | None = None,
@@ -126,11 +126,17 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None,
     cfg = with_absolute_store(cfg)
     with tracking_settings():
         try:
-            with reporting_start_failures():  # under torchrun, a rank whose checks fail stops the others at once
+            # Across processes, a rank whose checks fail stops the others at once (pgkit.start_check).
+            with reporting_start_failures(*_rank_and_world(cfg)):
                 cfg, module, trainer, callbacks, logger, best = _setup(cfg, resume, loaded)
             return _train(cfg, module, trainer, callbacks, logger, best, resume, called)
         finally:
             release_all()
+
+
+def _rank_and_world(cfg: Any) -> tuple[int, int]:
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    return process_rank(cfg.trainer.devices, cfg.trainer.num_nodes), world
 
 
 def with_absolute_store(cfg: Any) -> Any:
@@ -143,8 +149,13 @@ def with_absolute_store(cfg: Any) -> Any:
 
 def _train(cfg: Any, module: Any, trainer: L.Trainer, callbacks: list, logger: Logger | None, best: Any,
            resume: str | Path | None, called: float) -> FitResult:
-    wait_for_all_ranks(cfg.trainer.start_timeout)
+    wait_for_all_ranks(cfg.trainer.start_timeout, *_rank_and_world(cfg))
     output_dir = Path(cfg.trainer.output_dir)
+    if logger is not None:  # the MLflow run, once every rank is ready (a failed start leaves no run behind)
+        continued = logger._run_id is not None
+        logger.start(output_dir)
+        if resume is not None and not continued:  # a branch: a new MLflow run that says where it came from
+            logger.experiment.set_tag(logger.run_id, "pgkit.resumed_from", str(Path(resume).resolve()))
     checkpoint_dir = output_dir / "checkpoints"
     stop = next(c for c in callbacks if isinstance(c, StopOnSignal))
     stop.install()
@@ -221,8 +232,6 @@ def _setup(cfg: ExperimentConfig, resume: str | Path | None, loaded: LoadedCheck
         )
         callbacks.append(best)
     if logger is not None:
-        if loaded is not None and run_id is None:
-            logger.resilient.set_tag(logger.run_id, "pgkit.resumed_from", str(Path(resume).resolve()))
         callbacks.append(
             MLflowArtifacts(logger, cfg.model_dump(mode="json"), checkpoint_dir, resumed=run_id is not None)
         )

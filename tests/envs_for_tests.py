@@ -79,7 +79,8 @@ class MultiDiscreteEnv(gym.Env):
 
 class FaultyEnv(gym.Env):
     """Continuous toy env that misbehaves at global step ``at`` of the sub-env with reset seed index ``which``:
-    ``fault`` is ``nan_obs``, ``inf_reward``, ``huge_reward`` (finite, but overflows float32 returns) or ``raise``.
+    ``fault`` is ``nan_obs``, ``inf_reward``, ``huge_reward`` (finite, but overflows float32 returns), ``overflow``
+    (1e300 from then on: the reward normaliser's variance overflows) or ``raise``.
 
     Sub-envs are told apart by their reset seed (pgkit seeds sub-env i with ``seed + i``), so ``which=1`` targets the
     second sub-env of a run seeded 1 (seed 2).
@@ -111,6 +112,8 @@ class FaultyEnv(gym.Env):
                 reward = float("inf")
             elif self.fault == "huge_reward" and self.steps == self.at:
                 reward = 3e38
+            elif self.fault == "overflow":
+                reward = 1e300  # finite, but its square (the running variance) is not
             elif self.fault == "raise":
                 raise RuntimeError("simulated physics blow-up")
         return obs, reward, False, self.t >= 20, {}
@@ -229,3 +232,18 @@ class AsymmetricBoxEnv(gym.Env):
         self.t += 1
         reward = -float(np.square(np.asarray(action) - 0.3).sum())
         return self.np_random.normal(size=4).astype(np.float32), reward, False, self.t >= 10, {}
+
+
+class SlowEnv(CounterEnv):
+    """:class:`CounterEnv` (episodes of 20 steps) that sleeps ``delay`` seconds a step, so an iteration lasts long
+    enough for a test to act in the middle of it."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        super().__init__(terminate_at=20)
+        self.delay = delay
+
+    def step(self, action):
+        import time
+
+        time.sleep(self.delay)
+        return super().step(action)

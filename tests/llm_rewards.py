@@ -24,3 +24,35 @@ def raises_later(prompts, completions, env_steps=0, **kwargs):
     if env_steps >= 96:
         raise RuntimeError("the grader went away")
     return [0.5] * len(completions)
+
+
+def sometimes_none(prompts, completions, **kwargs):
+    """TRL's "not applicable": None for every other completion, 1 for the rest."""
+    return [None if i % 2 == 0 else 1.0 for i in range(len(completions))]
+
+
+def never_applies(prompts, completions, **kwargs):
+    return [None] * len(completions)
+
+
+def nan_for_the_second(prompts, completions, **kwargs):
+    return [float("nan") if i == 1 else 0.0 for i in range(len(completions))]
+
+
+def numpy_float32(prompts, completions, **kwargs):
+    import numpy as np
+
+    return np.full(len(completions), 0.25, dtype=np.float32)
+
+
+def numpy_scalars(prompts, completions, **kwargs):
+    import numpy as np
+
+    return [np.float16(0.5), np.int64(1), np.float64(2.0), np.uint8(3)][: len(completions)] + [
+        np.float32(0.0)] * max(0, len(completions) - 4)
+
+
+def hangs(prompts, completions, **kwargs):
+    import time
+
+    time.sleep(3600)

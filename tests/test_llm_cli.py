@@ -110,9 +110,9 @@ def test_fit_logs_rewards_lengths_kl_and_samples_then_eval_and_resume(tmp_path, 
     assert steps == [64 * i for i in range(1, 9)]  # one run, continued after the resume
 
 
-def test_lora_trains_only_the_adapters(tmp_path, capsys):
+def test_lora_trains_only_the_adapters_and_checkpoints_only_them(tmp_path, capsys):
     path = write(tmp_path, {"model": {"path": "builtin:tiny", "lora": {"r": 4, "alpha": 8}},
-                            "algorithm": {"name": "grpo", "learning_rate": 1e-2},
+                            "algorithm": {"name": "grpo", "learning_rate": 1e-2, "beta": 0.04},
                             "trainer": {"total_timesteps": 128, "output_dir": "run"}, "logger": {"enabled": False}})
     from pgkit.config_loading import load_config
 
@@ -121,9 +121,26 @@ def test_lora_trains_only_the_adapters(tmp_path, capsys):
     assert trainable and all("lora_" in name for name in trainable)
     before = {name: p.detach().clone() for name, p in module.policy.named_parameters()}
     assert cli(capsys, "fit", "--config", path)[0] == 0
-    state = torch.load("run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    changed = {name for name, value in before.items() if not torch.equal(state[f"policy.{name}"], value)}
-    assert changed and changed <= trainable
+    ckpt = torch.load("run/checkpoints/last.ckpt", weights_only=True)
+    state = ckpt["state_dict"]
+    # Before: the checkpoint held the whole frozen model twice (policy and reference), 1.6 GB for SmolLM2-135M.
+    assert {k for k in state if k.startswith("policy.")} == {f"policy.{name}" for name in trainable}
+    assert all("lora_" in k for k in state if k.startswith("reference."))
+    assert {"env_steps", "beta"} <= set(state)
+    assert ckpt["pgkit"]["base_model"] == "builtin:tiny" and ckpt["pgkit"]["partial_state"] is True
+    changed = {name for name in trainable if not torch.equal(state[f"policy.{name}"], before[name])}
+    assert changed  # the adapters trained
+    # The frozen base comes back from model.path: eval and resume work from the adapters alone.
+    code, out, err = cli(capsys, "eval", "--checkpoint", "run/checkpoints/last.ckpt", "--episodes", "4")
+    assert code == 0, err[-2000:]
+    more = write(tmp_path, {"model": {"path": "builtin:tiny", "lora": {"r": 4, "alpha": 8}},
+                            "algorithm": {"name": "grpo", "learning_rate": 1e-2, "beta": 0.04},
+                            "trainer": {"total_timesteps": 256, "output_dir": "run"}, "logger": {"enabled": False}})
+    code, _, err = cli(capsys, "fit", "--config", more, "--resume", "run/checkpoints/last.ckpt")
+    assert code == 0, err[-2000:]
+    resumed = torch.load("run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert int(resumed["env_steps"]) == 256
+    assert not any(torch.equal(resumed[k], state[k]) for k in state if "lora_B" in k and k.startswith("policy."))
 
 
 @pytest.mark.parametrize("sync", [True, False])

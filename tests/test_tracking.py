@@ -86,8 +86,10 @@ def test_training_against_a_real_mlflow_server(tmp_path):
         assert steps == [256 * i for i in range(1, 5)]  # 4 iterations of 32 steps x 8 envs, keyed by env steps
         assert len(client.get_metric_history(run.info.run_id, "eval/mean_return")) == 2
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.yaml", "checkpoints"} <= names
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/last.ckpt"]
+        # One copy of the checkpoint: inside the policy model (before, a second one under checkpoints/).
+        assert {"config.yaml", "policy"} <= names and "checkpoints" not in names
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "policy/artifacts")] == [
+            "policy/artifacts/last.ckpt"]
         local = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
         import yaml
 
@@ -148,7 +150,23 @@ def test_a_policy_pyfunc_cannot_serve_is_skipped_and_the_run_still_succeeds(tmp_
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("pgkit").experiment_id])
     assert run.info.status == "FINISHED"
-    assert "policy" not in [a.path for a in client.list_artifacts(run.info.run_id)]
+    names = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "policy" not in names and "checkpoints" in names  # the checkpoint alone, once
+
+
+def test_log_model_false_logs_no_checkpoint(tmp_path):
+    # Before: MLflow got the checkpoint even with logger.log_model: false (and a second copy inside the model).
+    from mlflow import MlflowClient
+
+    import pgkit
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    result = pgkit.fit({"algorithm": {"name": "ppo", "num_steps": 32, "num_minibatches": 2},
+                        "env": {"id": "CartPole-v1", "num_envs": 2},
+                        "trainer": {"total_timesteps": 64, "output_dir": str(tmp_path / "run")},
+                        "logger": {"tracking_uri": uri, "log_model": False}, "eval": {"every_n_iterations": 0}})
+    names = [a.path for a in MlflowClient(uri).list_artifacts(result.mlflow_run_id)]
+    assert "config.yaml" in names and "checkpoints" not in names and "policy" not in names
 
 
 def test_system_metrics_are_logged_when_asked(tmp_path):

@@ -39,6 +39,7 @@ from pgkit.checkpoints import checkpoint_metadata
 from pgkit.environments import RewardScaler
 from pgkit.environments.actions import ActionAdapter
 from pgkit.environments.observations import make_observation_processor
+from pgkit.errors import TrainingError
 from pgkit.evaluation import EVAL_SEED_OFFSET, EvalResult, evaluate
 from pgkit.networks import ActorCritic
 from pgkit.networks.fused import FusedForward
@@ -209,6 +210,7 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         if self.distributed:
             for r, snapshot in zip(stats, snapshots, strict=True):
                 r.merge_ranks(snapshot, self.all_gather)  # every rank and the checkpoint agree
+        self.check_statistics()
         new_steps, n_episodes, return_sum, length_sum, ev = iteration_totals(self, episodes, float(ev))
         self.env_steps += int(new_steps)
         steps = int(self.env_steps)
@@ -225,6 +227,20 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         elapsed = time.perf_counter() - self._fit_start_time
         metrics["time/sps"] = (steps - self._fit_start_steps) / max(elapsed, 1e-9)
         self.rollout_metrics = metrics
+
+    def check_statistics(self) -> None:
+        """Stop the run (:class:`TrainingError`, before this iteration updates or saves anything) when a running
+        statistic overflowed: rewards or observations too large to normalise (1e300) make the variance infinite,
+        and every scaled value 0 from then on."""
+        named = [("observation", r) for r in self.obs_normalizer.running_stats()]
+        if self.reward_scaler.enabled:
+            named.append(("reward", self.reward_scaler.return_rms))
+        for what, rms in named:
+            if not (bool(torch.isfinite(rms.mean).all()) and bool(torch.isfinite(rms.var).all())):
+                raise TrainingError(
+                    f"the {what} normaliser's running statistics overflowed at iteration {self.current_epoch + 1} "
+                    f"(their variance is no longer finite: the {what}s are too large to normalise); scale them "
+                    f"down, or set env.normalize_{'reward' if what == 'reward' else 'obs'}: false")
 
     def training_step(self, indices: Tensor, batch_idx: int) -> Tensor | None:
         if self.fused_minibatches:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from pgkit.algorithms.configs import GroupPolicyOptions
 from pgkit.config import CheckpointConfig, LoggerConfig, TrainerConfig
@@ -135,7 +135,19 @@ class RewardConfig(BaseModel):
     model_config = _MODEL
 
     functions: list[RewardFunctionConfig] = Field(min_length=1)
-    """The reward functions."""
+    """The reward functions: ``{function: module:function, weight, kwargs}`` each, or the bare ``module:function``
+    (weight 1), as TRL's ``reward_funcs``. A function may return None for a completion it does not apply to (TRL's
+    convention): the weighted sum skips it, and a completion no function applies to scores 0 and is reported."""
+    timeout_s: float | None = Field(300.0, gt=0)
+    """Longest a reward function may take for one batch, in seconds; a call that takes longer stops the run naming
+    the function (exit 1; before training, exit 2). Null waits forever."""
+
+    @field_validator("functions", mode="before")
+    @classmethod
+    def _bare_entries(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"function": entry} if isinstance(entry, str) else entry for entry in value]
+        return value
     computer: Literal["absolute", "relative", "pareto"] = "absolute"
     """``absolute``: the weighted sum; ``relative``: its normalised rank in the group (0 worst, 1 best);
     ``pareto``: the Pareto rank in the group over the functions' values (all maximised)."""

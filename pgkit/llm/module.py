@@ -19,6 +19,7 @@ Checkpoints hold the model (or its LoRA), the value head, the reference, the opt
 from __future__ import annotations
 
 import random
+import sys
 import time
 from typing import Any
 
@@ -76,7 +77,7 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
             self.algo.name == "ppo" and self.algo.kl_coef > 0)
         self.reference = frozen_copy(model) if needs_reference else None
         self.reference_sync = ReferenceSync(self.algo) if self.algo.name == "grpo" else None
-        self.rewards = RewardFunctions(c.reward.functions)
+        self.rewards = RewardFunctions(c.reward.functions, c.reward.timeout_s)
         self.train_records, self.eval_records = split(
             load_records(c.prompts.file, c.prompts.task, c.prompts.task_kwargs), c.prompts.eval_prompts)
         self.rollout = TextRollout(self.tokenizer, env_factory(c.env.id, c.env.kwargs), c.env.max_turns,
@@ -98,6 +99,7 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
         self.values: Tensor | None = None  # this iteration's reward-function values, [B, functions]
         self._fit_start = (0.0, 0)
         self.forward_pass = None  # the policy's compiled forward, with trainer.compile
+        self._reported_unscored = False
         self.start_metrics()
 
     # ----------------------------------------------------------------------------------------------- plumbing
@@ -148,6 +150,13 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
         """``(values [B, functions], weighted reward [B])`` of finished episodes."""
         values = self.rewards(episodes.prompts, episodes.completions, columns_of(episodes.records),
                               int(self.env_steps), self.progress if self._trainer else 0.0, check=check)
+        unscored = torch.isnan(values).all(1)
+        if bool(unscored.any()) and not self._reported_unscored:
+            self._reported_unscored = True  # once a run; train/reward_not_applicable counts them all
+            first = int(unscored.nonzero()[0])
+            print(f"pgkit: no reward function applies to a completion of prompt {str(episodes.prompts[first])!r:.80} "
+                  "(every one returned None); it scores 0, as in TRL (train/reward_not_applicable counts them)",
+                  file=sys.stderr)
         return values, self.rewards.weighted(values)
 
     @torch.no_grad()
@@ -214,7 +223,9 @@ class LanguageModule(IterationMetrics, Progress, L.LightningModule):
             "train/learning_rate": self.trainer.optimizers[0].param_groups[0]["lr"],
         }
         for name, column in zip(self.rewards.names, values.T, strict=True):
-            metrics[f"train/reward/{name}"] = float(column.mean())
+            if not bool(torch.isnan(column).all()):  # over the completions it applies to
+                metrics[f"train/reward/{name}"] = float(column.nanmean())
+        metrics["train/reward_not_applicable"] = float(torch.isnan(values).all(1).double().mean())
         if "ref_log_prob" in data:
             metrics["train/ref_kl"] = float(((data["old_log_prob"] - data["ref_log_prob"]) * episodes.mask).sum()
                                             / episodes.mask.sum().clamp_min(1.0))

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import re
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,63 +78,115 @@ def load_function(entry: str) -> Callable[..., Any]:
     return function
 
 
-def _numbers(values: Any, count: int, entry: str) -> list[float] | str:
-    """The values as floats, or a description of what is wrong with them."""
+def _numbers(values: Any, count: int) -> list[float] | str:
+    """The values as floats (None, TRL's "not applicable", as NaN), or a description of what is wrong with them.
+    Python and numpy numbers of any dtype are numbers; booleans are not."""
+    if isinstance(values, torch.Tensor | np.ndarray):
+        values = values.tolist() if values.ndim == 1 else values
     try:
         values = list(values)
     except TypeError:
         return f"returned {type(values).__name__}, not a list of numbers"
     if len(values) != count:
         return f"returned {len(values)} values for {count} completions"
-    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int | float)), None)
-    if bad is not None:
-        return f"returned a non-number ({bad!r:.40})"
-    return [float(v) for v in values]
+    out = []
+    for v in values:
+        if v is None:
+            out.append(math.nan)
+        elif isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real | np.number) or isinstance(
+                v, np.complexfloating):
+            return f"returned a non-number ({v!r:.40})"
+        else:
+            out.append(float(v))
+    return out
+
+
+def _call_with_timeout(function: Callable[..., Any], timeout: float | None, kwargs: dict[str, Any]) -> Any:
+    """``function(**kwargs)``, raising :class:`TimeoutError` after ``timeout`` seconds. The call runs in a daemon
+    thread (Python cannot stop a thread), so a function that hangs is abandoned, not stopped: the run ends anyway."""
+    if timeout is None:
+        return function(**kwargs)
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = function(**kwargs)
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=target, name="pgkit-reward", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"did not return within reward.timeout_s={timeout:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 class RewardFunctions:
-    """The configured reward functions, called as TRL calls them, with their outputs checked."""
+    """The configured reward functions, called as TRL calls them, with their outputs checked.
 
-    def __init__(self, specs: Sequence[Any]) -> None:
+    As in TRL, a function returns one number per completion, or None where it does not apply: the weighted sum
+    skips it (a completion no function applies to gets 0, and is reported). A NaN or infinite value stops the run
+    naming the function and the prompt. Each call is bounded by ``reward.timeout_s``."""
+
+    def __init__(self, specs: Sequence[Any], timeout: float | None = None) -> None:
         self.specs = list(specs)
         self.functions = [load_function(spec.function) for spec in self.specs]
         self.names = [spec.name for spec in self.specs]
         self.weights = torch.tensor([spec.weight for spec in self.specs], dtype=torch.float64)
+        self.timeout = timeout
 
     def __call__(self, prompts: list[Any], completions: list[Any], columns: dict[str, list[Any]],
                  env_steps: int, progress: float, check: bool = False) -> Tensor:
-        """``[N, functions]`` values; a function that raises or returns something else than N numbers stops the
-        run (:class:`TrainingError`), or is bad input when ``check`` (the probe before training)."""
+        """``[N, functions]`` values, NaN where a function returned None; a function that raises, hangs past the
+        timeout, or returns something else than N numbers (or a NaN or infinity) stops the run
+        (:class:`TrainingError`), or is bad input when ``check`` (the probe before training)."""
         out = []
         for spec, function in zip(self.specs, self.functions, strict=True):
+            def fail(problem: str, entry: str = spec.function) -> Exception:
+                message = f"reward function {entry} {problem}"
+                return ConfigError(f"config error: reward.functions: {message}") if check else TrainingError(message)
+
+            kwargs = dict(prompts=prompts, completions=completions, env_steps=env_steps, progress=progress,
+                          **columns, **spec.kwargs)
             try:
-                values = function(prompts=prompts, completions=completions, env_steps=env_steps, progress=progress,
-                                  **columns, **spec.kwargs)
+                values = _call_with_timeout(function, self.timeout, kwargs)
+            except TimeoutError as exc:
+                raise fail(str(exc)) from None
             except Exception as exc:
-                message = f"reward function {spec.function} raised {exc.__class__.__name__}: {exc}"
-                raise (ConfigError(f"config error: reward.functions: {message}") if check else
-                       TrainingError(message)) from exc
-            numbers = _numbers(values, len(completions), spec.function)
-            if isinstance(numbers, str):
-                message = f"reward function {spec.function} {numbers}"
-                raise ConfigError(f"config error: reward.functions: {message}") if check else TrainingError(message)
-            out.append(numbers)
+                raise fail(f"raised {exc.__class__.__name__}: {exc}") from exc
+            numbers_ = _numbers(values, len(completions))
+            if isinstance(numbers_, str):
+                raise fail(numbers_)
+            for i, (value, raw) in enumerate(zip(numbers_, values, strict=True)):
+                if raw is not None and not math.isfinite(value):
+                    raise fail(f"returned {value} for completion {i + 1} of prompt {str(prompts[i])!r:.80}")
+            out.append(numbers_)
         return torch.tensor(out, dtype=torch.float64).T
 
     def weighted(self, values: Tensor) -> Tensor:
-        """The weighted sum of each completion's values, ``[N]``."""
-        return values @ self.weights
+        """The weighted sum of each completion's applicable values, ``[N]`` (0 where none applies, as TRL)."""
+        return weighted_sum(values, self.weights)
+
+
+def weighted_sum(values: Tensor, weights: Tensor) -> Tensor:
+    """``sum_k w_k v_k`` over the values that apply (not NaN) of each row of ``values`` ``[N, K]``."""
+    return torch.nansum(values * weights, dim=1)
 
 
 def compute_scores(values: Tensor, weights: Tensor, computer: str, group_size: int) -> Tensor:
     """Each completion's score, ``[N]``, from the functions' values ``[N, K]`` (N = prompts x group_size, grouped
     by prompt): the weighted sum, its rank in the group, or the Pareto rank over the K functions in the group."""
     if computer == "absolute":
-        return values @ weights
+        return weighted_sum(values, weights)
     groups = values.shape[0] // group_size
     if computer == "relative":
-        return relative_scores((values @ weights).view(groups, group_size)).reshape(-1)
-    return pareto_scores(values.view(groups, group_size, -1)).reshape(-1)
+        return relative_scores(weighted_sum(values, weights).view(groups, group_size)).reshape(-1)
+    # Pareto: a value that does not apply is the worst in its objective.
+    objectives = values.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    return pareto_scores(objectives.view(groups, group_size, -1)).reshape(-1)
 
 
 __all__ = ["RewardFunctions", "character_fraction", "compute_scores", "exact_number", "length_penalty"]

@@ -59,14 +59,20 @@ def _check(records: Any, source: str) -> list[dict[str, Any]]:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a line that does not parse is bad input naming its line."""
+    """Records of a JSONL file; a line that is not UTF-8, does not parse or nests too deeply is bad input naming
+    its line."""
     p = Path(path)
     try:
-        lines = p.read_text().splitlines()
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"config error: prompts.file: cannot read {str(path)!r} ({exc.__class__.__name__})") from None
     records = []
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config error: prompts.file: {p.name} line {number} is not UTF-8 text (byte "
+                              f"{exc.start + 1}: {raw[exc.start:exc.start + 1]!r})") from None
         if not line.strip():
             continue
         try:
@@ -74,6 +80,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config error: prompts.file: {p.name} line {number} is not JSON: {exc.msg} "
                               f"(got {line!r:.80})") from None
+        except RecursionError:
+            raise ConfigError(f"config error: prompts.file: {p.name} line {number} nests too deeply") from None
     return _check(records, f"{p.name}")
 
 

@@ -24,7 +24,7 @@ def check_language_config(cfg: Any) -> None:
     records = load_records(cfg.prompts.file, cfg.prompts.task, cfg.prompts.task_kwargs)
     split(records, cfg.prompts.eval_prompts)
     make_env = env_factory(cfg.env.id, cfg.env.kwargs)
-    rewards = RewardFunctions(cfg.reward.functions)
+    rewards = RewardFunctions(cfg.reward.functions, cfg.reward.timeout_s)
     probe = records[:2]
     prompts = [r["prompt"] for r in probe]
     completions = ["" if isinstance(p, str) else [{"role": "assistant", "content": ""}] for p in prompts]
