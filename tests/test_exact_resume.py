@@ -10,8 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.config_loading import load_config
 from pgkit.checkpoints import load_checkpoint
+from pgkit.config_loading import load_config
 from pgkit.training import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ CASES = {
          "algorithm.update_epochs=2", "trainer.total_timesteps=768", "eval.every_n_iterations=2", "eval.episodes=2"],
         6, 3,
     ),
-    # env.backend: split: the worker's half of the sub-envs is fetched into the checkpoint and restored into a new worker
+    # env.backend: split: the worker's half of the sub-envs is saved in the checkpoint and restored into a new worker
     "ppo-inverted-pendulum-split-backend": (
         "ppo.yaml",
         ["env.id=InvertedPendulum-v5", "env.num_envs=3", "env.backend=split", "algorithm.num_steps=64",

@@ -131,7 +131,7 @@ def test_lora_trains_only_the_adapters_and_checkpoints_only_them(tmp_path, capsy
     changed = {name for name in trainable if not torch.equal(state[f"policy.{name}"], before[name])}
     assert changed  # the adapters trained
     # The frozen base comes back from model.path: eval and resume work from the adapters alone.
-    code, out, err = cli(capsys, "eval", "--checkpoint", "run/checkpoints/last.ckpt", "--episodes", "4")
+    code, _, err = cli(capsys, "eval", "--checkpoint", "run/checkpoints/last.ckpt", "--episodes", "4")
     assert code == 0, err[-2000:]
     more = write(tmp_path, {"model": {"path": "builtin:tiny", "lora": {"r": 4, "alpha": 8}},
                             "algorithm": {"name": "grpo", "learning_rate": 1e-2, "beta": 0.04},

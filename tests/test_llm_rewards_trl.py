@@ -7,7 +7,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -65,7 +64,7 @@ def test_a_function_that_hangs_is_stopped_by_the_timeout():
                                             r"reward.timeout_s=0.5 s"):
         call(rewards("llm_rewards:hangs", timeout=0.5))
     assert time.monotonic() - start < 5
-    with pytest.raises(ConfigError, match="config error: reward.functions: reward function llm_rewards:hangs"):
+    with pytest.raises(ConfigError, match=r"config error: reward\.functions: reward function llm_rewards:hangs"):
         call(rewards("llm_rewards:hangs", timeout=0.5), check=True)
 
 

@@ -96,7 +96,8 @@ def test_predict_export_and_the_mlflow_model_need_no_env_and_import_nothing(trai
     from pgkit.mlflow_model import PolicyModel
 
     class Context:
-        artifacts = {"checkpoint": "evil.ckpt"}
+        def __init__(self) -> None:
+            self.artifacts = {"checkpoint": "evil.ckpt"}
 
     model = PolicyModel()
     model.load_context(Context())
@@ -207,8 +208,8 @@ def _tamper(source: Path, edit) -> Path:
 )
 def test_crafted_numbers_are_bad_input_in_one_line(trained, capsys, edit, message):
     path = _tamper(trained, edit)
-    for command in (["eval", "--checkpoint", str(path), "--trust-code"], ["export", "--checkpoint", str(path), "--format",
-                                                          "torchscript", "--output", "x.pt"]):
+    export = ["export", "--checkpoint", str(path), "--format", "torchscript", "--output", "x.pt"]
+    for command in (["eval", "--checkpoint", str(path), "--trust-code"], export):
         code, _, err = cli(capsys, *command)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert message in err, err
