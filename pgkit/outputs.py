@@ -118,16 +118,17 @@ def resolve_output_dir(cfg: Any, resume: str | Path | None = None, rank_zero: bo
     if explicit or continues is not None:
         output_dir = output_dir if explicit else continues
         here = continues is not None and continues.resolve() == output_dir.resolve()
+        holder = claim(output_dir)
+        if holder is not None:
+            raise ConfigError(f"config error: trainer.output_dir: {str(output_dir)!r} is in use by a live run "
+                              f"({holder}); wait for it to end, or choose another folder (got {str(output_dir)!r})")
         if holds_checkpoints(output_dir) and not here:
+            release_all()
             raise ConfigError(
                 f"config error: trainer.output_dir: {str(output_dir)!r} holds the checkpoints of an earlier run; "
                 f"continue it with --resume {output_dir / 'checkpoints' / 'last.ckpt'}, or choose another "
                 f"trainer.output_dir (got {str(output_dir)!r})"
             )
-        holder = claim(output_dir)
-        if holder is not None:
-            raise ConfigError(f"config error: trainer.output_dir: {str(output_dir)!r} is in use by a live run "
-                              f"({holder}); wait for it to end, or choose another folder (got {str(output_dir)!r})")
     else:
         # A new run, or a resume that branches off (best.ckpt, a copy): the first free folder of the series, which
         # for a checkpoint inside a run folder is that folder's.

@@ -248,10 +248,11 @@ class ResilientClient:
             return
         keys = sorted({m[0] for e in self.pending if e["op"] == "log_batch" for m in e.get("metrics", [])})
         values = sum(len(e.get("metrics", [])) for e in self.pending if e["op"] == "log_batch")
-        shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+        shown = ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
         where = ("in memory only (the disk refused them too), lost when this process ends" if self.unsaved
                  else f"in {self.folder}")
-        print(f"pgkit: MLflow at {self.uri} did not come back: {values} metric values ({shown or 'none'}) and "
+        print(f"pgkit: MLflow at {self.uri} did not come back: {values} values of {len(keys)} metrics "
+              f"({shown or 'none'}) and "
               f"{len(self.pending)} writes in all are kept {where}; send them with `pgkit sync {output_dir}` once "
               "it answers", file=sys.stderr)
 

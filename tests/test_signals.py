@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from pgkit.checkpoints import load_checkpoint
@@ -46,3 +47,46 @@ def test_signal_stops_after_the_iteration_with_checkpoint_and_killed_run(tmp_pat
     assert run.info.run_id == ckpt.mlflow_run_id
     logged = max(m.step for m in client.get_metric_history(run.info.run_id, "train/policy_loss"))
     assert logged == ckpt.env_steps  # the checkpoint holds the last logged iteration
+
+
+def _slow_run(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    config = {"algorithm": {"name": "ppo", "num_steps": 40, "num_minibatches": 2, "update_epochs": 1},
+              "env": {"id": "envs_for_tests:SlowEnv", "num_envs": 1, "kwargs": {"delay": 0.025}},
+              "trainer": {"total_timesteps": 100_000, "output_dir": str(tmp_path / "run")},
+              "logger": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}, "eval": {"every_n_iterations": 0}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.Popen([sys.executable, "-m", "pgkit", "fit", "--config", str(tmp_path / "c.yaml"), *extra],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_iteration_saves_that_iteration(tmp_path, signum):
+    # Before: Lightning's own SIGTERM handler ended the run in the middle of the iteration, which was lost (the
+    # checkpoint stayed at the previous one); SIGINT finished it. A scheduler's preemption is a SIGTERM.
+    proc = _slow_run(tmp_path)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists():  # iteration 1 done: 40 steps of 25 ms each, so iteration 2 takes a second
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    time.sleep(0.3)
+    at_signal = load_checkpoint(last).env_steps
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err
+    assert load_checkpoint(last).env_steps == at_signal + 40  # the iteration in progress finished and was saved
+
+
+@pytest.mark.parametrize(("signum", "delay"), [(signal.SIGINT, 0.4), (signal.SIGINT, 1.5), (signal.SIGINT, 3.0),
+                                               (signal.SIGTERM, 1.0), (signal.SIGTERM, 2.5)])
+def test_a_signal_during_start_up_exits_cleanly(tmp_path, signum, delay):
+    # Before: Ctrl-C in the first seconds gave a traceback, or exit 1.
+    proc = _slow_run(tmp_path)
+    time.sleep(delay)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in err or "interrupted (SIGINT)" in err, err[-3000:]
+    assert not list((tmp_path / "run").glob("checkpoints/*.tmp"))
