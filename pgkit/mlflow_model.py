@@ -65,7 +65,8 @@ def log_policy(client: Any, run_id: str, checkpoint: Path, module: Any, register
         path = Path(tmp) / ARTIFACT_PATH
         mlflow.pyfunc.save_model(
             path=str(path),
-            python_model=PolicyModel(),
+            # Models from code: MLflow runs pgkit's file to make the model, instead of unpickling an object.
+            python_model=str(Path(__file__).with_name("mlflow_policy_code.py")),
             artifacts={"checkpoint": str(checkpoint)},
             input_example=single,
             # pgkit is installed from its checkout (an unrelated `pgkit` exists on PyPI), so the requirements name

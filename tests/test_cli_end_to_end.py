@@ -89,8 +89,9 @@ def test_fit_writes_mlflow_run_with_metrics_params_artifacts(trained):
     assert run.data.params["algorithm.name"] == "ppo" and run.data.params["env.id"] == "CartPole-v1"
     assert run.data.params["trainer.seed"] == "7"
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "learning_curve.png", "checkpoints"} <= artifacts
-    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/last.ckpt"]
+    assert {"config.yaml", "learning_curve.png", "policy"} <= artifacts and "checkpoints" not in artifacts
+    # The checkpoint once, inside the policy model.
+    assert [a.path for a in client.list_artifacts(run_id, "policy/artifacts")] == ["policy/artifacts/last.ckpt"]
     config_path = client.download_artifacts(run_id, "config.yaml", str(trained["work"]))
     assert yaml.safe_load(Path(config_path).read_text())["algorithm"]["learning_rate"] == 1e-3
     # Metrics are keyed by environment steps, once per iteration.

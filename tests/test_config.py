@@ -103,6 +103,43 @@ def test_bad_files_exit_2(tmp_path, capsys, content, expected):
     assert code == 2 and expected in err and err.count("\n") == 1
 
 
+def _alias_bomb() -> str:
+    """1 KB of YAML whose aliases expand to 9**10 strings (the "billion laughs")."""
+    lines = ["algorithm: {name: ppo}", "env:", "  id: CartPole-v1", "  kwargs:",
+             '    a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for previous, name in zip("abcdefghi", "bcdefghij", strict=True):
+        lines.append(f"    {name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (_alias_bomb(), "expands to more than 100000 values"),
+        ("algorithm: {name: ppo}\nenv: {kwargs: {a: &a [*a]}}\n", "nested more than 64 levels deep"),
+        ("algorithm: {name: ppo}\nenv: {kwargs: {a: " + "[" * 100_000 + "]" * 100_000 + "}}\n",
+         "nested too deeply to parse"),
+    ],
+)
+def test_oversized_yaml_is_bad_input_in_seconds(tmp_path, capsys, content, expected):
+    # Before: a 1 KB alias bomb in env.kwargs took 77 s and 5 GB of memory, wrote 2 GB to stderr, then a traceback.
+    import time
+
+    start = time.monotonic()
+    code, _, err = run_cli(capsys, "validate", "--config", write(tmp_path, content))
+    assert code == 2 and expected in err and err.count("\n") == 1, err[:500]
+    assert time.monotonic() - start < 10
+
+
+def test_an_alias_bomb_in_an_override_is_bad_input(tmp_path, capsys):
+    entries = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]" for previous, name in zip("abcdefghi", "bcdefghij",
+                                                                                          strict=True)]
+    code, _, err = run_cli(capsys, "validate", "--config", write(tmp_path, "algorithm: {name: ppo}\n"), "--set",
+                           "env.kwargs={" + ", ".join(entries) + "}")
+    assert code == 2 and err.startswith("config error: --set env.kwargs: expands to more than 100000 values"), err
+
+
 def test_missing_file_and_directory(tmp_path, capsys):
     code, _, err = run_cli(capsys, "validate", "--config", str(tmp_path / "nope.yaml"))
     assert code == 2 and "file not found" in err

@@ -145,3 +145,43 @@ def test_a_rank_failing_its_checks_before_the_rendezvous_stops_the_other_node(tm
     assert experiment is None or not client.search_runs([experiment.experiment_id])  # no FAILED run left behind
     assert abs(t0 - t1) < 30
     assert not (tmp_path / "out" / "checkpoints" / "last.ckpt").exists()
+
+
+def _lightning_nodes(tmp_path: Path, configs: list[str], port: int) -> list[tuple[int, float, str]]:
+    """Two "nodes" started by hand, as Lightning's own launcher expects (``MASTER_ADDR``, ``MASTER_PORT``,
+    ``NODE_RANK``), one process each; ``(exit code, seconds, stderr)`` per node."""
+    import os
+    import time
+
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "pgkit", "fit", "--config", config], cwd=tmp_path,
+                         env={**os.environ, "TQDM_DISABLE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                              "NODE_RANK": str(rank)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank, config in enumerate(configs)
+    ]
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        results.append((proc.returncode, time.monotonic() - start, err))
+    return results
+
+
+def test_lightning_s_launcher_across_nodes_trains_and_a_node_failing_its_config_stops_the_other(tmp_path):
+    # Before: the node whose config check exited 2 left the other in init_process_group for 30 minutes.
+    good = _node_config(tmp_path, "CartPole-v1")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(good).read_text().replace("num_minibatches: 2", "num_minibatches: 2, clip_range: -1"))
+    (code0, t0, err0), (code1, _, err1) = _lightning_nodes(tmp_path, [good, str(bad)], 29544)
+    assert code1 == 2 and err1.strip() == "config error: algorithm.clip_range: Input should be greater than 0 (got -1)"
+    assert code0 == 1, err0[-2000:]
+    (line,) = [x for x in err0.splitlines() if x.startswith("pgkit: ")]
+    assert line.startswith("pgkit: run failed: node 1 stopped before training: config error: algorithm.clip_range")
+    assert t0 < 60
+    # And with both configs good, the two nodes train one run together through the store node 0 hosts.
+    (code0, _, err0), (code1, _, err1) = _lightning_nodes(tmp_path, [good, good], 29545)
+    assert code0 == 0 and code1 == 0, (err0[-2000:], err1[-2000:])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'fresh.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("pgkit").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/policy_loss")] == [256, 512]

@@ -114,3 +114,66 @@ def test_env_state_from_someone_else_is_not_unpickled(tmp_path, monkeypatch, cap
     assert resumed.env_steps == 256
     assert loads == []
     assert "resuming with freshly reset envs" in capsys.readouterr().err
+
+
+class Crash(BaseException):
+    """The process dying at one exact instant (raised from a rename, as a SIGKILL would stop it there)."""
+
+
+def test_a_crash_while_the_checkpoint_is_renamed_into_place_resumes_exactly(tmp_path, monkeypatch):
+    # Before: the env state was renamed into place as its own file just before last.ckpt; a crash between the two
+    # paired the new env state with the old checkpoint, and the resumed run silently diverged.
+    import os
+
+    config, overrides, iterations, _ = CASES["ppo-pendulum"]
+
+    def cfg(name: str):
+        return load_config(ROOT / "configs" / config, [*overrides, f"trainer.output_dir={tmp_path / name}",
+                                                        f"logger.tracking_uri=sqlite:///{tmp_path / name}.db"])
+
+    fit(cfg("whole"))
+    _, whole = _histories(tmp_path / "whole.db")
+    real_replace, renames = os.replace, []
+
+    def replace(src, dst):
+        renames.append(str(dst))
+        if str(dst).endswith("last.ckpt") and sum(r.endswith("last.ckpt") for r in renames) == 4:
+            raise Crash  # iteration 4's checkpoint never lands: iteration 3's stays
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    try:
+        fit(cfg("crashed"))
+    except Crash:
+        pass
+    monkeypatch.setattr(os, "replace", real_replace)
+    last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last).env_steps == 3 * 128
+    fit(cfg("crashed"), resume=last)
+    _, crashed = _histories(tmp_path / "crashed.db")
+    for key, values in whole.items():
+        for step, value in values.items():
+            assert crashed[key][step] == value, (key, step)
+
+
+def test_signed_env_state_that_no_longer_unpickles_resumes_with_fresh_envs(tmp_path, capsys):
+    import torch
+
+    from pgkit.resume_state import _MAGIC
+    from pgkit.trust import sign
+
+    overrides = ["env.id=Pendulum-v1", "algorithm.num_steps=64", "algorithm.num_minibatches=2",
+                 "trainer.total_timesteps=128", "logger.enabled=false", "eval.every_n_iterations=0",
+                 f"trainer.output_dir={tmp_path / 'run'}"]
+    result = fit(load_config(ROOT / "configs" / "ppo.yaml", overrides))
+    ckpt = torch.load(result.last_checkpoint, weights_only=True)
+    payload = b"\x80\x05c" + b"vanished_module\nVanishedEnv\n."  # a pickle naming a class that no longer exists
+    blob = _MAGIC + sign(payload).encode() + b"\n" + payload
+    ckpt["pgkit"]["env_state"]["0"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    torch.save(ckpt, result.last_checkpoint)
+    more = [*overrides[:3], "trainer.total_timesteps=256", *overrides[4:]]
+    resumed = fit(load_config(ROOT / "configs" / "ppo.yaml", more), resume=result.last_checkpoint)
+    assert resumed.env_steps == 256
+    err = capsys.readouterr().err
+    assert "resuming with freshly reset envs: its signed env state could not be unpickled (ModuleNotFoundError" \
+        in err, err

@@ -184,6 +184,11 @@ def test_a_local_hugging_face_directory(tmp_path, capsys):
         ({"prompts": {"task": "repeat_character", "task_kwargs": {"length": 300}}},
          "config error: prompts: record 1 has 300 tokens, and with generation.max_new_tokens x env.max_turns = 16"),
         ({"prompts": {"task": None, "file": "bad.jsonl"}}, "config error: prompts.file: bad.jsonl line 2 is not JSON"),
+        # Before: both gave a traceback and exit 1.
+        ({"prompts": {"task": None, "file": "latin1.jsonl"}},
+         "config error: prompts.file: latin1.jsonl line 2 is not UTF-8 text (byte 16: b'\\xe9')"),
+        ({"prompts": {"task": None, "file": "deep.jsonl"}}, "config error: prompts.file: deep.jsonl line 1 nests too "
+                                                           "deeply"),
         ({"trainer": {"strategy": "fsdp", "devices": 2}},
          "config error: trainer.strategy: 'fsdp' shards parameters over CUDA devices; set trainer.accelerator: gpu "
          "(got accelerator 'cpu')"),
@@ -193,6 +198,8 @@ def test_a_local_hugging_face_directory(tmp_path, capsys):
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, overrides, expected):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "fine"}\n{"prompt": \n')
+    (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "fine"}\n{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    (tmp_path / "deep.jsonl").write_text('{"prompt": "x", "a": ' + "[" * 200_000 + "]" * 200_000 + "}\n")
     path = write(tmp_path, overrides)
     code, _out, err = cli(capsys, "fit", "--config", path)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
