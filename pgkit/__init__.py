@@ -7,7 +7,11 @@ from importlib.metadata import version as _version
 from pathlib import Path as _Path
 from typing import Any as _Any
 
-import gymnasium as _gym
+from pgkit import startup as _startup
+
+_startup.hold()  # before the slow imports: a Ctrl-C while the `pgkit` command starts ends it with 130, no traceback
+
+import gymnasium as _gym  # noqa: E402  (after hold(), see pgkit.startup)
 
 try:
     __version__ = _version("pgkit")

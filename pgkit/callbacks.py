@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from tqdm.auto import tqdm
 
 from pgkit.algorithms.base import OnPolicyModule
-from pgkit.errors import TrainingError
+from pgkit.errors import Interruption, TrainingError
 
 
 class EnvStepProgressBar(ProgressBar):
@@ -275,7 +275,7 @@ class StopOnSignal(L.Callback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt  # second signal: abandon the iteration
+            raise Interruption  # second signal: abandon the iteration (a KeyboardInterrupt)
         self.signum = signum
         print(
             f"\npgkit: received {signal.Signals(signum).name}; stopping after this iteration "

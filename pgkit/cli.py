@@ -16,7 +16,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgkit.errors import Interrupted, Terminated, TrainingError, UserError
+from pgkit import startup
+from pgkit.errors import Interrupted, Interruption, Terminated, TrainingError, UserError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -336,17 +337,24 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interruption
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pgkit`` console script.
 
     Ctrl-C or SIGTERM at any moment ends it with 130 or 143 and one line, never a traceback: during training after
     the iteration and its checkpoint (:class:`~pgkit.callbacks.StopOnSignal`), before or after it at once."""
     args = build_parser().parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGINT, _interrupt)
     try:
+        if startup.PENDING:  # a signal came while Python was still importing pgkit
+            raise Terminated if startup.PENDING[0] == signal.SIGTERM else Interruption
         return COMMANDS[args.command](args)
     except UserError as exc:
         # One line whatever the message quotes (an env's exception text, a key with a newline in it).
@@ -360,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     finally:
         if in_main:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

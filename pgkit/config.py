@@ -38,9 +38,9 @@ _MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 #: A layer's width. Bounded, so that a config (a crafted checkpoint's too) cannot ask for a network that does not fit
 #: in memory before its weights are even compared with the checkpoint's.
-Width = Annotated[int, Field(ge=1, le=65536)]
+Width = Annotated[int, Field(gt=0, le=65536)]
 #: A convolution's kernel size or stride.
-KernelSize = Annotated[int, Field(ge=1, le=256)]
+KernelSize = Annotated[int, Field(gt=0, le=256)]
 
 
 def validation_context(import_code: bool = True) -> dict[str, bool]:

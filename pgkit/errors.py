@@ -25,3 +25,10 @@ class TrainingError(Exception):
 class Terminated(BaseException):
     """SIGTERM outside training (start-up, evaluation): the CLI exits 143 with one line. A ``BaseException``, like
     ``KeyboardInterrupt``, so that no ``except Exception`` swallows it."""
+
+
+class Interruption(KeyboardInterrupt):
+    """Ctrl-C in the CLI, raised by its own SIGINT handler. A subclass, so every ``except KeyboardInterrupt`` still
+    catches it, but not ``KeyboardInterrupt`` itself: CPython remembers a bare ``KeyboardInterrupt`` that left code
+    it ran through ``PyRun_*`` (some extensions do so while they import) and then ends the process by SIGINT
+    whatever exit code the program chose; this one it does not."""

@@ -38,6 +38,8 @@ from pgkit.errors import ConfigError
 
 #: Seconds between attempts to reach a server that did not answer.
 RETRY_SECONDS = 15.0
+#: Seconds a store that answered the start-up check may take to create the run.
+START_SECONDS = 30.0
 #: Seconds a busy sqlite store is retried before the write is queued like an outage.
 BUSY_SECONDS = 120.0
 #: MLflow's HTTP settings during a run: one try, a short timeout (the queue does the retrying).
@@ -358,13 +360,23 @@ class Logger(MLFlowLogger):
     """Lightning's ``MLFlowLogger`` on a :class:`ResilientClient`, ending its run without reading it first (a run
     must end even while the server is away). :meth:`start` creates the run; until then the store is only open."""
 
-    resilient: ResilientClient
+    resilient: ResilientClient | None = None
 
     def start(self, output_dir: Path) -> None:
         """Create (or find) the experiment and the run, under :func:`store_lock`, and route every write through
         a :class:`ResilientClient` queueing into ``output_dir``."""
-        with store_lock(self._tracking_uri):
-            retry_busy(lambda: self.experiment)
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            try:
+                with store_lock(self._tracking_uri):
+                    retry_busy(lambda: self.experiment)
+                break
+            except Exception as exc:  # the store answered the health check moments ago: give it a little time
+                if not _unreachable(exc) or time.monotonic() > deadline:
+                    reason = " ".join(str(exc).split())[:200]
+                    raise ConfigError(f"config error: logger.tracking_uri: the MLflow store at {self._tracking_uri} "
+                                      f"stopped answering before the run could start ({reason})") from None
+                time.sleep(1.0)
         self.resilient = ResilientClient(self._mlflow_client, self._tracking_uri, output_dir / PENDING_DIR)
         self._mlflow_client = self.resilient
 

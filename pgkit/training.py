@@ -151,22 +151,22 @@ def _train(cfg: Any, module: Any, trainer: L.Trainer, callbacks: list, logger: L
            resume: str | Path | None, called: float) -> FitResult:
     wait_for_all_ranks(cfg.trainer.start_timeout, *_rank_and_world(cfg))
     output_dir = Path(cfg.trainer.output_dir)
-    if logger is not None:  # the MLflow run, once every rank is ready (a failed start leaves no run behind)
-        continued = logger._run_id is not None
-        logger.start(output_dir)
-        if resume is not None and not continued:  # a branch: a new MLflow run that says where it came from
-            logger.experiment.set_tag(logger.run_id, "pgkit.resumed_from", str(Path(resume).resolve()))
     checkpoint_dir = output_dir / "checkpoints"
     stop = next(c for c in callbacks if isinstance(c, StopOnSignal))
-    stop.install()
+    stop.install()  # from here a signal ends the run after an iteration, its checkpoint and a KILLED MLflow run
     try:
+        if logger is not None:  # the MLflow run, once every rank is ready (a failed start leaves no run behind)
+            continued = logger._run_id is not None
+            logger.start(output_dir)
+            if resume is not None and not continued:  # a branch: a new MLflow run that says where it came from
+                logger.experiment.set_tag(logger.run_id, "pgkit.resumed_from", str(Path(resume).resolve()))
         trainer.fit(module, ckpt_path=str(resume) if resume else None, weights_only=True)
     except SystemExit:  # Lightning's exit after a second Ctrl-C, raised once the iteration was abandoned
         if stop.signum is None:
             raise
     finally:
         stop.restore()
-        if logger is not None:
+        if logger is not None and getattr(logger, "resilient", None) is not None:
             if stop.signum is not None and logger.run_id is not None:
                 logger.experiment.set_terminated(logger.run_id, "KILLED")
             logger.resilient.finish(output_dir)

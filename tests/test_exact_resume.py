@@ -125,7 +125,7 @@ def test_a_crash_while_the_checkpoint_is_renamed_into_place_resumes_exactly(tmp_
     # paired the new env state with the old checkpoint, and the resumed run silently diverged.
     import os
 
-    config, overrides, iterations, _ = CASES["ppo-pendulum"]
+    config, overrides, _, _ = CASES["ppo-pendulum"]
 
     def cfg(name: str):
         return load_config(ROOT / "configs" / config, [*overrides, f"trainer.output_dir={tmp_path / name}",
@@ -142,10 +142,8 @@ def test_a_crash_while_the_checkpoint_is_renamed_into_place_resumes_exactly(tmp_
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    try:
+    with pytest.raises(Crash):
         fit(cfg("crashed"))
-    except Crash:
-        pass
     monkeypatch.setattr(os, "replace", real_replace)
     last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
     assert load_checkpoint(last).env_steps == 3 * 128

@@ -39,19 +39,50 @@ def test_runs_started_together_take_their_own_folders_and_a_fresh_store_records_
     # Before: two `pgkit fit` of one config a second apart both wrote runs/<name>-v2 (one run's checkpoints lost,
     # both exit 0), and runs opening a sqlite store that did not exist yet died with `table ... already exists`.
     Path("c.yaml").write_text(yaml.safe_dump(CONFIG))
-    procs = [start("c.yaml") for _ in range(3)]
+    procs = [start("c.yaml") for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in results]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in results]
     folders = sorted(line.split("last checkpoint ")[1].split("/checkpoints")[0] for out, _ in results
                      for line in out.splitlines() if line.startswith("done:"))
-    assert folders == ["runs/ppo-CartPole-v1-s1", "runs/ppo-CartPole-v1-s1-v2", "runs/ppo-CartPole-v1-s1-v3"]
+    assert folders == ["runs/ppo-CartPole-v1-s1", "runs/ppo-CartPole-v1-s1-v2"]
     recorded = runs(Path("fresh.db"))
-    assert len(recorded) == 3 and {r.info.status for r in recorded} == {"FINISHED"}
-    for folder in folders:  # each folder holds one whole run, logged to its own MLflow run
-        ckpt = load_checkpoint(Path(folder) / "checkpoints" / "last.ckpt")
-        assert ckpt.env_steps == 256
-        assert ckpt.mlflow_run_id in {r.info.run_id for r in recorded}
-    assert len({load_checkpoint(Path(f) / "checkpoints" / "last.ckpt").mlflow_run_id for f in folders}) == 3
+    assert len(recorded) == 2 and {r.info.status for r in recorded} == {"FINISHED"}
+    ids = {load_checkpoint(Path(f) / "checkpoints" / "last.ckpt").mlflow_run_id for f in folders}
+    assert ids == {r.info.run_id for r in recorded}  # each folder holds one whole run, logged to its own MLflow run
+    for folder in folders:
+        assert load_checkpoint(Path(folder) / "checkpoints" / "last.ckpt").env_steps == 256
+
+    # Resuming from best.ckpt continues in a new folder and a new MLflow run; the run's newer last.ckpt stays.
+    # Before: the resumed run wrote over the run's newer last.ckpt without a word.
+    folder = Path("runs/ppo-CartPole-v1-s1/checkpoints")
+    last = (folder / "last.ckpt").read_bytes()
+    proc = start("c.yaml", "--set", "trainer.total_timesteps=384", "--resume", str(folder / "best.ckpt"))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "last checkpoint runs/ppo-CartPole-v1-s1-v3/checkpoints/last.ckpt" in out
+    assert (folder / "last.ckpt").read_bytes() == last
+    branch = load_checkpoint("runs/ppo-CartPole-v1-s1-v3/checkpoints/last.ckpt")
+    assert branch.mlflow_run_id not in ids
+    client = MlflowClient(f"sqlite:///{Path('fresh.db').resolve()}")
+    tags = client.get_run(branch.mlflow_run_id).data.tags
+    assert tags["pgkit.resumed_from"] == str((folder / "best.ckpt").resolve())
+
+    # A resume from another working directory finds the run's store (stored as an absolute URI) and continues the
+    # same MLflow run. Before: the relative sqlite:///fresh.db named a new store there: a traceback, and "no
+    # checkpoint was written".
+    v2 = Path("runs/ppo-CartPole-v1-s1-v2/checkpoints/last.ckpt").resolve()
+    before = load_checkpoint(v2)
+    assert before.config["logger"]["tracking_uri"] == f"sqlite:///{Path('fresh.db').resolve()}"
+    elsewhere = Path("elsewhere")
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "pgkit", "fit", "--resume", str(v2),
+                           "--set", "trainer.total_timesteps=384"], cwd=elsewhere, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_checkpoint(v2).env_steps == 384
+    steps = [m.step for m in client.get_metric_history(before.mlflow_run_id, "train/policy_loss")]
+    assert steps == [64 * i for i in range(1, 7)]  # the same run, continued, in the run's own store
+    assert not (elsewhere / "fresh.db").exists() and not (elsewhere / "runs").exists()
 
 
 def test_a_folder_a_live_run_holds_is_refused_with_exit_2():
@@ -76,46 +107,3 @@ def test_a_folder_a_live_run_holds_is_refused_with_exit_2():
     free = subprocess.run([sys.executable, "-m", "pgkit", "validate", "--config", "slow.yaml"], capture_output=True,
                           text=True, timeout=120)
     assert free.returncode == 0
-
-
-def test_resuming_from_best_continues_in_a_new_folder_and_leaves_last_alone():
-    Path("c.yaml").write_text(yaml.safe_dump(CONFIG))
-    assert start("c.yaml").wait(timeout=300) == 0
-    folder = Path("runs/ppo-CartPole-v1-s1/checkpoints")
-    last = (folder / "last.ckpt").read_bytes()
-    more = {**CONFIG, "trainer": {"total_timesteps": 384}}
-    Path("more.yaml").write_text(yaml.safe_dump(more))
-    proc = start("more.yaml", "--resume", str(folder / "best.ckpt"))
-    out, err = proc.communicate(timeout=300)
-    # Before: the resumed run wrote over the run's newer last.ckpt without a word.
-    assert proc.returncode == 0, err[-2000:]
-    assert "last checkpoint runs/ppo-CartPole-v1-s1-v2/checkpoints/last.ckpt" in out
-    assert (folder / "last.ckpt").read_bytes() == last
-    branch = load_checkpoint("runs/ppo-CartPole-v1-s1-v2/checkpoints/last.ckpt")
-    original = load_checkpoint(folder / "last.ckpt")
-    assert branch.mlflow_run_id != original.mlflow_run_id  # a branch is a new MLflow run, tagged with its origin
-    client = MlflowClient(f"sqlite:///{Path('fresh.db').resolve()}")
-    tags = client.get_run(branch.mlflow_run_id).data.tags
-    assert tags["pgkit.resumed_from"] == str((folder / "best.ckpt").resolve())
-
-
-def test_resume_from_another_directory_finds_the_run_s_store():
-    # Before: the relative sqlite:///fresh.db of the checkpoint's config named a new store in the other directory:
-    # a traceback, and "no checkpoint was written".
-    Path("c.yaml").write_text(yaml.safe_dump(CONFIG))
-    assert start("c.yaml").wait(timeout=300) == 0
-    last = Path("runs/ppo-CartPole-v1-s1/checkpoints/last.ckpt").resolve()
-    (before,) = runs(Path("fresh.db"))
-    assert load_checkpoint(last).config["logger"]["tracking_uri"] == f"sqlite:///{Path('fresh.db').resolve()}"
-    elsewhere = Path("elsewhere")
-    elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "pgkit", "fit", "--resume", str(last),
-                           "--set", "trainer.total_timesteps=384"], cwd=elsewhere, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (after,) = runs(Path("fresh.db"))  # the same run, continued, in the run's own store
-    assert after.info.run_id == before.info.run_id
-    steps = [m.step for m in MlflowClient(f"sqlite:///{Path('fresh.db').resolve()}").get_metric_history(
-        after.info.run_id, "train/policy_loss")]
-    assert steps == [64 * i for i in range(1, 7)]
-    assert not (elsewhere / "fresh.db").exists()

@@ -255,7 +255,7 @@ class SplitVectorEnv(gym.vector.VectorEnv):
         self._conn.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        """Both halves' envs, the worker's fetched from it: what a checkpoint's env-state sidecar needs."""
+        """Both halves' envs, the worker's fetched from it: what a checkpoint's env state needs."""
         self._conn.send(("get_state", None))
         return {"local": self._local, "remote": self._receive(), "num_envs": self.num_envs, "half": self._half,
                 "autoreset_mode": self._autoreset_mode, "action_space_rng": self.action_space._np_random}

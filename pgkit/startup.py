@@ -1,0 +1,37 @@
+"""Signals that reach the ``pgkit`` command before its ``main`` runs (while Python imports pgkit and gymnasium).
+
+Python's default SIGINT handler would raise ``KeyboardInterrupt`` in the middle of an import: a traceback, and an
+exit by SIGINT instead of code 130. When this process *is* the ``pgkit`` command (the console script, or ``python
+-m pgkit``), ``pgkit/__init__`` calls :func:`hold` first thing: SIGINT and SIGTERM are only remembered, and
+:func:`pgkit.cli.main`, once its own handlers are in place, exits with 130 or 143 if one came. Importing pgkit from
+any other program changes nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+
+#: Signals received before ``main`` took over, in order.
+PENDING: list[int] = []
+
+
+def _remember(signum: int, frame: object) -> None:
+    PENDING.append(signum)
+
+
+def is_cli() -> bool:
+    """Whether this process was started as the ``pgkit`` command."""
+    argv = getattr(sys, "orig_argv", [])
+    as_module = any(a == "-m" and b == "pgkit" for a, b in itertools.pairwise(argv))
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return as_module or script in ("pgkit", "pgkit.exe", "pgkit-script.py")
+
+
+def hold() -> None:
+    """Remember SIGINT and SIGTERM until ``main`` installs its handlers (the CLI only; main thread only)."""
+    if is_cli():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _remember)
