@@ -13,6 +13,7 @@ import yaml
 from mlflow import MlflowClient
 
 from pgkit.checkpoints import load_checkpoint
+from pgkit.cli import main
 
 CONFIG = {
     "algorithm": {"name": "ppo", "num_steps": 32, "num_minibatches": 2, "update_epochs": 1},
@@ -35,7 +36,7 @@ def runs(db: Path) -> list:
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
-def test_runs_started_together_take_their_own_folders_and_a_fresh_store_records_them_all():
+def test_runs_started_together_take_their_own_folders_and_a_fresh_store_records_them_all(capsys, monkeypatch):
     # Before: two `pgkit fit` of one config a second apart both wrote runs/<name>-v2 (one run's checkpoints lost,
     # both exit 0), and runs opening a sqlite store that did not exist yet died with `table ... already exists`.
     Path("c.yaml").write_text(yaml.safe_dump(CONFIG))
@@ -56,9 +57,10 @@ def test_runs_started_together_take_their_own_folders_and_a_fresh_store_records_
     # Before: the resumed run wrote over the run's newer last.ckpt without a word.
     folder = Path("runs/ppo-CartPole-v1-s1/checkpoints")
     last = (folder / "last.ckpt").read_bytes()
-    proc = start("c.yaml", "--set", "trainer.total_timesteps=384", "--resume", str(folder / "best.ckpt"))
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+    code = main(["fit", "--config", "c.yaml", "--set", "trainer.total_timesteps=384", "--resume",
+                 str(folder / "best.ckpt")])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
     assert "last checkpoint runs/ppo-CartPole-v1-s1-v3/checkpoints/last.ckpt" in out
     assert (folder / "last.ckpt").read_bytes() == last
     branch = load_checkpoint("runs/ppo-CartPole-v1-s1-v3/checkpoints/last.ckpt")
@@ -75,10 +77,10 @@ def test_runs_started_together_take_their_own_folders_and_a_fresh_store_records_
     assert before.config["logger"]["tracking_uri"] == f"sqlite:///{Path('fresh.db').resolve()}"
     elsewhere = Path("elsewhere")
     elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "pgkit", "fit", "--resume", str(v2),
-                           "--set", "trainer.total_timesteps=384"], cwd=elsewhere, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.chdir(elsewhere)
+    code = main(["fit", "--resume", str(v2), "--set", "trainer.total_timesteps=384"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    monkeypatch.chdir(elsewhere.parent)
     assert load_checkpoint(v2).env_steps == 384
     steps = [m.step for m in client.get_metric_history(before.mlflow_run_id, "train/policy_loss")]
     assert steps == [64 * i for i in range(1, 7)]  # the same run, continued, in the run's own store

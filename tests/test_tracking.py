@@ -285,9 +285,10 @@ def test_metrics_reach_the_server_once_it_is_back(mlflow_server, capsys, monkeyp
     proxy = Proxy(mlflow_server)
     uri = f"http://127.0.0.1:{proxy.port}"
 
-    def outage() -> None:
+    def outage() -> None:  # from the first checkpoint to the tenth iteration's (the run has 40)
         proxy.down()
-        time.sleep(2.0)
+        while load_checkpoint("run/checkpoints/last.ckpt").env_steps < 64 * 10:
+            time.sleep(0.01)
         proxy.up()
 
     watcher = _after_first_checkpoint(outage)
