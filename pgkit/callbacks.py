@@ -218,6 +218,20 @@ class BestCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` for ``best.ckpt``, written as :func:`save_atomically` writes (Lightning
     writes the file in place, so a kill mid-write would leave a truncated best checkpoint)."""
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning deletes the paths of former best checkpoints it restores from the file when a new best replaces
+        # them: keep only those inside this run's folder, so a crafted checkpoint cannot name a file to delete.
+        super().load_state_dict(state_dict)
+        folder = Path(self.dirpath).resolve() if self.dirpath else None
+
+        def inside(path: Any) -> bool:
+            return bool(path) and folder is not None and Path(str(path)).resolve().parent == folder
+
+        self.best_k_models = {p: v for p, v in self.best_k_models.items() if inside(p)}
+        for name in ("kth_best_model_path", "best_model_path", "last_model_path"):
+            if not inside(getattr(self, name)):
+                setattr(self, name, "")
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         save_atomically(trainer, Path(filepath), self.save_weights_only)
         self._last_global_step_saved = trainer.global_step

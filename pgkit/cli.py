@@ -242,6 +242,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return 0
     try:
         sent = sync_pending(folder, args.tracking_uri)
+    except UserError:
+        raise
     except Exception as exc:  # the store still does not answer: nothing is lost, the queue stays
         print(f"pgkit sync: the store does not take the writes yet ({' '.join(str(exc).split())[:200]}); they stay "
               f"in {folder / PENDING_DIR}", file=sys.stderr)

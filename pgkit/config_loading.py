@@ -30,27 +30,32 @@ def check_size(data: Any, source: str) -> None:
     """Raise :class:`ConfigError` when ``data``, with its YAML aliases expanded, holds more than :data:`MAX_VALUES`
     values or nests deeper than :data:`MAX_DEPTH` (a recursive alias nests forever). Shared parts are counted once
     per use but walked once, so the check itself is quick whatever the expansion."""
-    memo: dict[int, int] = {}
+    memo: dict[int, tuple[int, int]] = {}  # a shared node's (expanded values, height), walked once
 
-    def size(node: Any, depth: int) -> int:
+    def walk(node: Any, depth: int) -> tuple[int, int]:
         if not isinstance(node, dict | list):
-            return 1
-        if depth > MAX_DEPTH:
+            return 1, 0
+        if id(node) in memo:
+            total, height = memo[id(node)]
+        else:
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"config error: {source}: nested more than {MAX_DEPTH} levels deep (a recursive "
+                                  "YAML alias?)")
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            total, height = 1, 0
+            for child in children:
+                child_total, child_height = walk(child, depth + 1)
+                total, height = total + child_total, max(height, child_height + 1)
+                if total > MAX_VALUES:
+                    raise ConfigError(f"config error: {source}: expands to more than {MAX_VALUES} values (YAML "
+                                      "aliases repeated inside each other?)")
+            memo[id(node)] = total, height
+        if depth + height > MAX_DEPTH:  # a shared part reused deeper down still counts at its full depth
             raise ConfigError(f"config error: {source}: nested more than {MAX_DEPTH} levels deep (a recursive YAML "
                               "alias?)")
-        if id(node) in memo:
-            return memo[id(node)]
-        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
-        total = 1
-        for child in children:
-            total += size(child, depth + 1)
-            if total > MAX_VALUES:
-                raise ConfigError(f"config error: {source}: expands to more than {MAX_VALUES} values (YAML aliases "
-                                  "repeated inside each other?)")
-        memo[id(node)] = total
-        return total
+        return total, height
 
-    size(data, 0)
+    walk(data, 0)
 
 
 def _safe_load(text: str, source: str) -> Any:
@@ -235,21 +240,25 @@ def parse_config(data: dict[str, Any], import_code: bool = True) -> Any:
     return cfg
 
 
-def check_spaces(cfg: ExperimentConfig) -> None:
-    """Checks that need the environment itself: it can be built, and the distribution can act in it."""
-    try:
-        env = cfg.env.make_probe()
-    except Exception as exc:  # an env's constructor may raise anything; report it as bad input
-        raise ConfigError(
-            f"config error: env: cannot create {cfg.env.id!r} with kwargs {cfg.env.kwargs}: "
-            f"{exc.__class__.__name__}: {exc}"
-        ) from None
+def check_spaces(cfg: ExperimentConfig, spaces: tuple[Any, Any] | None = None) -> None:
+    """Checks that need the environment's spaces: the env can be built (unless ``spaces``, a checkpoint's, are
+    given), and the policy and its distribution can act in it."""
+    env = None
+    if spaces is None:
+        try:
+            env = cfg.env.make_probe()
+        except Exception as exc:  # an env's constructor may raise anything; report it as bad input
+            raise ConfigError(
+                f"config error: env: cannot create {cfg.env.id!r} with kwargs {cfg.env.kwargs}: "
+                f"{exc.__class__.__name__}: {exc}"
+            ) from None
+        spaces = env.observation_space, env.action_space
+    observation_space, action_space = spaces
     try:
         try:
-            cfg.policy.check_observation_space(env.observation_space)
+            cfg.policy.check_observation_space(observation_space)
         except ValueError as exc:
             raise ConfigError(f"config error: {exc}") from None
-        action_space = env.action_space
         try:
             cfg.policy.resolve_distribution(action_space)
         except ValueError as exc:
@@ -261,12 +270,13 @@ def check_spaces(cfg: ExperimentConfig) -> None:
         bounded = getattr(action_space, "is_bounded", lambda: True)()
         if cfg.env.action_bounds == "rescale" and not bounded:
             raise ConfigError("config error: env.action_bounds: 'rescale' needs finite action bounds (got 'rescale')")
-        if cfg.trainer.kernels == "numba":  # raises ConfigError naming what rules the policy out
+        if cfg.trainer.kernels == "numba" and env is not None:  # raises ConfigError naming what rules it out
             from pgkit.algorithms.kernel_update import wanted
 
-            wanted(cfg.policy.init(env.observation_space, action_space), cfg.trainer)
+            wanted(cfg.policy.init(observation_space, action_space), cfg.trainer)
     finally:
-        env.close()
+        if env is not None:
+            env.close()
 
 
 def load_config(

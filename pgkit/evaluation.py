@@ -127,7 +127,7 @@ def restore_agent(checkpoint: str | Path, seed: int | None = None, *, needs_env:
     The default seed is the one training-time evaluation used, so ``pgkit eval`` reproduces its returns.
     """
     from pgkit.checkpoints import load_checkpoint, load_weights
-    from pgkit.config_loading import parse_config
+    from pgkit.config_loading import check_spaces, parse_config
     from pgkit.trust import check_code_allowed
 
     loaded = load_checkpoint(checkpoint)
@@ -141,11 +141,45 @@ def restore_agent(checkpoint: str | Path, seed: int | None = None, *, needs_env:
     if needs_env:
         check_code_allowed(checkpoint, loaded.config, loaded.own, trust_code, action)
     cfg = parse_config(loaded.config, import_code=needs_env)
-    # With an env, its own spaces (the weights must fit the env that will be stepped); without, the checkpoint's.
-    module = cfg.init() if needs_env else cfg.init(loaded.spaces)
+    if language:
+        module = cfg.init()
+    else:
+        if needs_env:  # the env's own spaces: the weights must fit the env that will be stepped
+            probe = cfg.env.make_probe()
+            spaces = probe.observation_space, probe.action_space
+            probe.close()
+        else:  # the checkpoint's, checked as an env's are
+            spaces = loaded.spaces
+            check_spaces(cfg, spaces)
+        _check_sizes(cfg, loaded, spaces)  # before anything is allocated
+        module = cfg.init(spaces)
     load_weights(module, loaded)
     module.eval()
     return module, cfg, cfg.trainer.seed + EVAL_SEED_OFFSET if seed is None else seed
+
+
+def _check_sizes(cfg: Any, loaded: Any, spaces: tuple[Any, Any]) -> None:
+    """Raise :class:`UserError` when the module ``cfg`` builds for ``spaces`` does not have exactly the checkpoint's
+    tensors. Built on torch's ``meta`` device first (shapes, no memory), so a crafted config or space
+    asking for a layer of a billion units is refused before it is allocated."""
+    import importlib
+
+    import torch
+
+    from pgkit.config import ALGORITHMS
+
+    importlib.import_module(ALGORITHMS[cfg.algorithm.name][1].split(":")[0])  # imports allocate outside meta
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in cfg.init(spaces).state_dict().items()}
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise UserError(f"checkpoint error: {loaded.path}: its config builds no policy for its spaces: "
+                        f"{' '.join(str(exc).split())[:200]}") from None
+    saved = {k: tuple(v.shape) for k, v in loaded.state_dict.items()}
+    if shapes != saved:
+        wrong = sorted(k for k in shapes.keys() | saved.keys() if shapes.get(k) != saved.get(k))
+        raise UserError(f"checkpoint error: {loaded.path}: does not fit this config and its spaces (did env.num_envs, "
+                        f"the env or the policy change? the tensors {', '.join(wrong[:3])} differ)")
 
 
 def record_video(actor: Actor, cfg: Any, folder: str | Path, episodes: int, deterministic: bool, seed: int) -> None:

@@ -157,8 +157,16 @@ def reporting_start_failures(rank: int | None = None, world_size: int | None = N
         raise
 
 
-def wait_for_all_ranks(timeout: float, rank: int, world_size: int) -> None:
+def wait_for_all_ranks(timeout: float, rank: int, world_size: int, devices_per_node: int = 1) -> None:
     """With several processes sharing a store: mark this rank ready and wait for the others (see the module
-    docstring)."""
-    if world_size > 1 and StartCheck.applies():
-        StartCheck(timeout, rank, world_size).ready()
+    docstring). Under Lightning's launcher, a node's other processes only start inside ``trainer.fit``, so there the
+    nodes' first processes wait for each other, one per node."""
+    if world_size <= 1 or not StartCheck.applies():
+        return
+    if os.environ.get(_HOSTED_VAR):
+        if "LOCAL_RANK" in os.environ:  # started by Lightning after its node's check
+            return
+        rank, world_size = rank // devices_per_node, world_size // devices_per_node
+        if world_size <= 1:
+            return
+    StartCheck(timeout, rank, world_size).ready()

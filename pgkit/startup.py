@@ -23,10 +23,11 @@ def _remember(signum: int, frame: object) -> None:
 
 
 def is_cli() -> bool:
-    """Whether this process was started as the ``pgkit`` command."""
+    """Whether this process was started as the ``pgkit`` command: judged from the command line the interpreter
+    really got (a child that ``multiprocessing`` spawns inherits ``sys.argv``, not that)."""
     argv = getattr(sys, "orig_argv", [])
     as_module = any(a == "-m" and b == "pgkit" for a, b in itertools.pairwise(argv))
-    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    script = os.path.basename(argv[1]) if len(argv) > 1 else ""
     return as_module or script in ("pgkit", "pgkit.exe", "pgkit-script.py")
 
 

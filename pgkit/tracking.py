@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -34,7 +33,8 @@ from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 
-from pgkit.errors import ConfigError
+from pgkit import tracking_queue as queue
+from pgkit.errors import ConfigError, UserError
 
 #: Seconds between attempts to reach a server that did not answer.
 RETRY_SECONDS = 15.0
@@ -45,7 +45,6 @@ BUSY_SECONDS = 120.0
 #: MLflow's HTTP settings during a run: one try, a short timeout (the queue does the retrying).
 HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 PENDING_DIR = "mlflow-pending"
-_OPS = "ops.jsonl"
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -180,6 +179,8 @@ class ResilientClient:
         self.reported = False
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or "client" not in self.__dict__:  # copy and pickle probe dunders before init
+            raise AttributeError(name)
         attr = getattr(self.client, name)
         if name in self.WRITES:
             return lambda *args, **kwargs: self._write(name, *args, **kwargs)
@@ -230,7 +231,7 @@ class ResilientClient:
         """Send the queued writes in order (raises on the first one the store still refuses)."""
         while self.pending:
             entry = self.pending[0]
-            op, args, kwargs = _decode(entry, self.folder)
+            op, args, kwargs = queue.decode(entry, self.folder)
             retry_busy(self._call, op, *args, **kwargs)
             self.pending.pop(0)
             if not self.pending:
@@ -261,99 +262,51 @@ class ResilientClient:
     # ------------------------------------------------------------------------------------------------ the queue
     def _queue(self, op: str, args: tuple, kwargs: dict) -> None:
         try:
-            entry = _encode(op, args, kwargs, self.folder, self.uri)
+            entry = queue.encode(op, args, kwargs, self.folder, self.uri)
         except OSError:
             self.unsaved = True
-            entry = _encode(op, args, kwargs, None, self.uri)
+            entry = queue.encode(op, args, kwargs, None, self.uri)
         self.pending.append(entry)
         self._save()
 
     def _save(self) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / (_OPS + ".tmp")
-            tmp.write_text("".join(json.dumps(e) + "\n" for e in self.pending))
-            os.replace(tmp, self.folder / _OPS)
+            queue.write(self.folder, self.pending)
         except OSError:
             self.unsaved = True
-            with contextlib.suppress(OSError):
-                (self.folder / (_OPS + ".tmp")).unlink(missing_ok=True)
 
     def _clear(self) -> None:
         with contextlib.suppress(OSError):
             shutil.rmtree(self.folder)
 
 
-def _encode(op: str, args: tuple, kwargs: dict, folder: Path | None, uri: str) -> dict[str, Any]:
-    """A write as JSON data; files and folders it logs are copied into ``folder/files`` (they may be temporary)."""
-    names = {"log_batch": ("run_id", "metrics", "params", "tags"), "set_terminated": ("run_id", "status", "end_time"),
-             "set_tag": ("run_id", "key", "value"), "log_text": ("run_id", "text", "artifact_file"),
-             "log_table": ("run_id", "data", "artifact_file"),
-             "log_artifact": ("run_id", "local_path", "artifact_path"),
-             "log_artifacts": ("run_id", "local_dir", "artifact_path"),
-             "register_model": ("run_id", "name", "artifact_path")}[op]
-    values = dict(zip(names, args, strict=False))
-    values.update({k: v for k, v in kwargs.items() if k in names})
-    entry: dict[str, Any] = {"op": op, "uri": uri, **{k: v for k, v in values.items() if v is not None}}
-    if op == "log_batch":
-        entry["metrics"] = [[m.key, m.value, m.timestamp, m.step] for m in values.get("metrics") or []]
-        entry["params"] = [[p.key, p.value] for p in values.get("params") or []]
-        entry["tags"] = [[t.key, t.value] for t in values.get("tags") or []]
-    elif op == "log_table":
-        data = values["data"]
-        entry["data"] = data.to_dict(orient="list") if hasattr(data, "to_dict") else data
-    elif op in ("log_artifact", "log_artifacts"):
-        key = "local_path" if op == "log_artifact" else "local_dir"
-        source = Path(values[key])
-        if folder is None:
-            entry[key] = str(source)  # in memory only: the original (it may be gone by the time it is sent)
-        else:
-            target = folder / "files" / f"{time.time_ns()}-{source.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
-            entry[key] = str(target.relative_to(folder))
-    return entry
-
-
-def _decode(entry: dict[str, Any], folder: Path) -> tuple[str, tuple, dict[str, Any]]:
-    from mlflow.entities import Metric, Param, RunTag
-
-    op = entry["op"]
-    if op == "log_batch":
-        return op, (entry["run_id"],), {
-            "metrics": [Metric(key, value, timestamp, step) for key, value, timestamp, step in entry["metrics"]],
-            "params": [Param(k, v) for k, v in entry["params"]], "tags": [RunTag(k, v) for k, v in entry["tags"]]}
-    if op in ("log_artifact", "log_artifacts"):
-        key = "local_path" if op == "log_artifact" else "local_dir"
-        path = Path(entry[key])
-        local = str(path if path.is_absolute() else folder / path)
-        return op, (entry["run_id"], local), {"artifact_path": entry.get("artifact_path")}
-    if op == "register_model":
-        return op, (entry["run_id"], entry["name"], entry["artifact_path"]), {}
-    fields = {k: v for k, v in entry.items() if k not in ("op", "uri")}
-    run_id = fields.pop("run_id")
-    return op, (run_id,), fields
-
-
 def sync_pending(output_dir: str | Path, uri: str | None = None) -> int:
     """``pgkit sync``: send what a run kept in ``<output_dir>/mlflow-pending`` to its store (or ``uri``); returns
-    the number of writes sent. Raises the store's error when it still does not answer."""
+    the number of writes sent. Only a queue this user's pgkit wrote is read (:mod:`pgkit.tracking_queue`), and not
+    while the run that owns it is alive; raises the store's error when it still does not answer."""
     from mlflow import MlflowClient
 
-    folder = Path(output_dir) / PENDING_DIR
-    path = folder / _OPS
-    if not path.exists():
-        return 0
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not entries:
-        return 0
-    target = uri or entries[0]["uri"]
-    with tracking_settings(), store_lock(target):
-        client = ResilientClient(MlflowClient(target), target, folder)
-    client.pending = entries
-    count = len(entries)
-    client.flush()
-    return count
+    from pgkit.outputs import claim, release_all
+
+    holder = claim(Path(output_dir))
+    if holder is not None:
+        raise UserError(f"sync error: {output_dir} is in use by a live run ({holder}); it sends its queue itself "
+                        "when the store answers")
+    try:
+        folder = Path(output_dir) / PENDING_DIR
+        if not (folder / queue.OPS_FILE).exists():
+            return 0
+        entries = queue.read(folder)
+        if not entries:
+            return 0
+        target = uri or entries[0]["uri"]
+        with tracking_settings(), store_lock(target):
+            client = ResilientClient(MlflowClient(target), target, folder)
+        client.pending = entries
+        client.flush()
+        return len(entries)
+    finally:
+        release_all()
 
 
 class Logger(MLFlowLogger):
@@ -379,6 +332,12 @@ class Logger(MLFlowLogger):
                 time.sleep(1.0)
         self.resilient = ResilientClient(self._mlflow_client, self._tracking_uri, output_dir / PENDING_DIR)
         self._mlflow_client = self.resilient
+
+    def discard(self) -> None:
+        """Delete the run :meth:`start` made (the job it belongs to never started); best effort."""
+        with contextlib.suppress(Exception):
+            self._mlflow_client.delete_run(self.run_id)
+        self._initialized = False  # nothing left to finalize
 
     def finalize(self, status: str = "success") -> None:
         if not self._initialized:

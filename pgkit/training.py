@@ -33,6 +33,7 @@ from pgkit.tracking import (
     open_logger,
     tracking_settings,
 )
+from pgkit.trust import user_key
 
 
 @dataclass(frozen=True)
@@ -149,17 +150,23 @@ def with_absolute_store(cfg: Any) -> Any:
 
 def _train(cfg: Any, module: Any, trainer: L.Trainer, callbacks: list, logger: Logger | None, best: Any,
            resume: str | Path | None, called: float) -> FitResult:
-    wait_for_all_ranks(cfg.trainer.start_timeout, *_rank_and_world(cfg))
     output_dir = Path(cfg.trainer.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     stop = next(c for c in callbacks if isinstance(c, StopOnSignal))
     stop.install()  # from here a signal ends the run after an iteration, its checkpoint and a KILLED MLflow run
     try:
-        if logger is not None:  # the MLflow run, once every rank is ready (a failed start leaves no run behind)
-            continued = logger._run_id is not None
-            logger.start(output_dir)
+        if logger is not None:  # the MLflow run; a failure to open it is this rank's start failure
+            with reporting_start_failures(*_rank_and_world(cfg)):
+                continued = logger._run_id is not None
+                logger.start(output_dir)
             if resume is not None and not continued:  # a branch: a new MLflow run that says where it came from
                 logger.experiment.set_tag(logger.run_id, "pgkit.resumed_from", str(Path(resume).resolve()))
+        try:
+            wait_for_all_ranks(cfg.trainer.start_timeout, *_rank_and_world(cfg), cfg.trainer.devices)
+        except BaseException:
+            if logger is not None and not continued:
+                logger.discard()  # another rank failed to start: this run never began, so no MLflow run is left
+            raise
         trainer.fit(module, ckpt_path=str(resume) if resume else None, weights_only=True)
     except SystemExit:  # Lightning's exit after a second Ctrl-C, raised once the iteration was abandoned
         if stop.signum is None:
@@ -190,6 +197,7 @@ def _setup(cfg: ExperimentConfig, resume: str | Path | None, loaded: LoadedCheck
     """Everything before training, checks first: the config with its output folder resolved, the module, the
     Trainer, its callbacks, the MLflow logger (rank 0) and the best-checkpoint callback (or None)."""
     quiet_lightning()
+    user_key()  # a missing key is made now, and a bad one refused now (exit 2), not at the first checkpoint
     if resume and loaded is None:
         loaded = load_checkpoint(resume)
     if loaded is not None:

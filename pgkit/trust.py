@@ -77,8 +77,15 @@ def _cached_key(path_text: str) -> bytes:
                 f.write(secrets.token_bytes(KEY_BYTES))
                 f.flush()
                 os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            try:
                 os.link(tmp, path)
+            except FileExistsError:  # another process made it first: use theirs
+                pass
+            except OSError:  # a filesystem without hard links: create the name exclusively, then fill it
+                with contextlib.suppress(FileExistsError):
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(tmp.read_bytes())
         finally:
             tmp.unlink(missing_ok=True)
     try:

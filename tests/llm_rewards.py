@@ -56,3 +56,20 @@ def hangs(prompts, completions, **kwargs):
     import time
 
     time.sleep(3600)
+
+
+def uses_sigalrm(prompts, completions, **kwargs):
+    """As math_verify does: a SIGALRM of its own around the work (only possible in the main thread)."""
+    import signal
+
+    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    signal.alarm(5)
+    try:
+        return [1.0] * len(completions)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def a_generator(prompts, completions, **kwargs):
+    return (0.5 for _ in completions)

@@ -52,6 +52,12 @@ def test_numbers_of_any_numpy_dtype_are_numbers():
     assert values[:, 0].tolist() == [0.5, 1.0, 2.0, 3.0]
 
 
+def test_functions_that_use_signals_or_return_generators_work_under_the_default_timeout():
+    # TRL's math_verify rewards set their own SIGALRM: they need the main thread, where pgkit calls them.
+    values = call(rewards("llm_rewards:uses_sigalrm", "llm_rewards:a_generator", timeout=300.0))
+    assert values.tolist() == [[1.0, 0.5]] * 4
+
+
 def test_nan_names_the_function_and_the_prompt():
     with pytest.raises(TrainingError, match=r"reward function llm_rewards:nan_for_the_second returned nan for "
                                             r"completion 2 of prompt 'What is 2 \+ 2\?'"):

@@ -5,6 +5,7 @@ tracebacks, checkpoints go on, and every metric reaches the server once it is ba
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import subprocess
@@ -325,8 +326,16 @@ def test_a_server_that_never_comes_back_keeps_everything_for_pgkit_sync(mlflow_s
     assert load_checkpoint("run/checkpoints/last.ckpt").env_steps == 64 * 12
     (said,) = [line for line in err.splitlines() if "did not come back" in line]  # said once
     assert "train/policy_loss" in said and "send them with `pgkit sync run`" in said
-    assert Path("run/mlflow-pending/ops.jsonl").exists()
+    queued = Path("run/mlflow-pending/ops.jsonl").read_text()
+    # A queue someone else wrote (here: another call than pgkit queues, under a signature that is not ours) is not
+    # sent: a queue file from elsewhere could otherwise call any client method or upload any file.
+    header, _, body = queued.partition("\n")
+    Path("run/mlflow-pending/ops.jsonl").write_text(
+        header + "\n" + json.dumps({"op": "delete_run", "uri": uri, "run_id": "x"}) + "\n" + body)
     proxy.up()
+    code = main(["sync", "run"])
+    assert code == 2 and "was not written by you" in capsys.readouterr().err
+    Path("run/mlflow-pending/ops.jsonl").write_text(queued)
     code = main(["sync", "run"])
     out, err = capsys.readouterr()
     assert code == 0 and "pgkit sync: sent " in out, err

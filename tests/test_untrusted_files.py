@@ -204,6 +204,11 @@ def _tamper(source: Path, edit) -> Path:
         (lambda c: c["pgkit"].__setitem__("mlflow_run_id", "../../etc"), "not an MLflow run id"),
         (lambda c: c["hyper_parameters"]["config"]["policy"].__setitem__("actor_hidden", [10**9]),
          "policy.actor_hidden.0"),
+        # Valid widths, but 8.6 billion weights: refused from the shapes alone, before anything is allocated.
+        (lambda c: c["hyper_parameters"]["config"]["policy"].__setitem__("actor_hidden", [65536, 65536, 65536]),
+         "does not fit this config"),
+        (lambda c: c["pgkit"]["spaces"].__setitem__("action", {"type": "Discrete", "n": 2**40, "start": 0}),
+         "categories"),
     ],
 )
 def test_crafted_numbers_are_bad_input_in_one_line(trained, capsys, edit, message):

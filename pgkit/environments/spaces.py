@@ -21,6 +21,9 @@ import numpy as np
 MAX_ELEMENTS = 1 << 24
 #: Deepest nesting of Dict and Tuple spaces.
 MAX_DEPTH = 16
+#: Most categories a Discrete or MultiDiscrete space may have in all (each is an output of the policy head or a
+#: one-hot input).
+MAX_CATEGORIES = 1 << 20
 _BOX_DTYPES = ("float16", "float32", "float64", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32")
 _INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
@@ -83,12 +86,16 @@ def _build(data: Any, where: str, depth: int) -> tuple[gym.Space, int]:
         return gym.spaces.Box(low, high, shape=tuple(shape), dtype=dtype), size
     if kind == "Discrete":
         n, start = _integer(data.get("n"), f"{where}.n", 1), _integer(data.get("start"), f"{where}.start")
+        if n > MAX_CATEGORIES:
+            raise ValueError(f"{where}.n: more than {MAX_CATEGORIES} categories (got {n})")
         return gym.spaces.Discrete(n, start=start), 1
     if kind == "MultiDiscrete":
         nvec = np.asarray(_integers(data.get("nvec"), f"{where}.nvec", 1), dtype=np.int64)
         start = np.asarray(_integers(data.get("start"), f"{where}.start"), dtype=np.int64)
         if nvec.shape != start.shape or nvec.size == 0:
             raise ValueError(f"{where}: nvec and start must be non-empty and of the same shape")
+        if int(nvec.sum()) > MAX_CATEGORIES:
+            raise ValueError(f"{where}.nvec: more than {MAX_CATEGORIES} categories in all")
         dtype = data.get("dtype", "int64")
         if dtype not in _INT_DTYPES:
             raise ValueError(f"{where}.dtype: {dtype!r} is not an integer dtype")
@@ -118,7 +125,7 @@ def _build(data: Any, where: str, depth: int) -> tuple[gym.Space, int]:
                 raise ValueError(f"{where}: more than {MAX_ELEMENTS} scalars")
             subs.append((key, sub))
         if kind == "Dict":
-            return gym.spaces.Dict(dict(subs)), total
+            return gym.spaces.Dict(subs), total  # a list of pairs keeps the env's order (a dict would be sorted)
         return gym.spaces.Tuple([sub for _, sub in subs]), total
     raise ValueError(f"{where}.type: unknown space type {kind!r}")
 

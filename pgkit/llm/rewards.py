@@ -14,6 +14,7 @@ import importlib
 import math
 import numbers
 import re
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -101,11 +102,36 @@ def _numbers(values: Any, count: int) -> list[float] | str:
     return out
 
 
+class _Overrun(Exception):
+    """Raised inside a reward function that ran past its time."""
+
+
 def _call_with_timeout(function: Callable[..., Any], timeout: float | None, kwargs: dict[str, Any]) -> Any:
-    """``function(**kwargs)``, raising :class:`TimeoutError` after ``timeout`` seconds. The call runs in a daemon
-    thread (Python cannot stop a thread), so a function that hangs is abandoned, not stopped: the run ends anyway."""
+    """``function(**kwargs)``, raising :class:`TimeoutError` after ``timeout`` seconds.
+
+    In the main thread (training's) the call runs there, as in TRL, so functions that use signals themselves
+    (math_verify's ``SIGALRM``) still work; a watchdog thread sends the main thread ``SIGUSR2``, whose handler
+    raises inside the function, interrupting even a blocking call. Elsewhere the call runs in a daemon thread that
+    is abandoned on timeout (Python cannot stop a thread)."""
     if timeout is None:
         return function(**kwargs)
+    if threading.current_thread() is threading.main_thread():
+        def overrun(signum: int, frame: Any) -> None:
+            raise _Overrun
+
+        previous = signal.signal(signal.SIGUSR2, overrun)
+        main = threading.main_thread().ident
+        watchdog = threading.Timer(timeout, lambda: signal.pthread_kill(main, signal.SIGUSR2))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return function(**kwargs)
+        except _Overrun:
+            raise TimeoutError(f"did not return within reward.timeout_s={timeout:g} s") from None
+        finally:
+            watchdog.cancel()
+            watchdog.join()
+            signal.signal(signal.SIGUSR2, previous)
     result: dict[str, Any] = {}
 
     def target() -> None:
@@ -157,10 +183,16 @@ class RewardFunctions:
                 raise fail(str(exc)) from None
             except Exception as exc:
                 raise fail(f"raised {exc.__class__.__name__}: {exc}") from exc
+            if not isinstance(values, list | tuple | torch.Tensor | np.ndarray):
+                try:  # a generator or map: read it once
+                    values = list(values)
+                except TypeError:
+                    raise fail(f"returned {type(values).__name__}, not a list of numbers") from None
             numbers_ = _numbers(values, len(completions))
             if isinstance(numbers_, str):
                 raise fail(numbers_)
-            for i, (value, raw) in enumerate(zip(numbers_, values, strict=True)):
+            raws = values.tolist() if isinstance(values, torch.Tensor | np.ndarray) else list(values)
+            for i, (value, raw) in enumerate(zip(numbers_, raws, strict=True)):
                 if raw is not None and not math.isfinite(value):
                     raise fail(f"returned {value} for completion {i + 1} of prompt {str(prompts[i])!r:.80}")
             out.append(numbers_)
