@@ -351,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     in_main = threading.current_thread() is threading.main_thread()
+    if startup.holding() and args.command in ("fit", "eval", "export", "bench", "sync"):
+        startup.preload()
     if in_main:
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, _interrupt)

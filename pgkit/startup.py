@@ -1,10 +1,11 @@
 """Signals that reach the ``pgkit`` command before its ``main`` runs (while Python imports pgkit and gymnasium).
 
-Python's default SIGINT handler would raise ``KeyboardInterrupt`` in the middle of an import: a traceback, and an
-exit by SIGINT instead of code 130. When this process *is* the ``pgkit`` command (the console script, or ``python
--m pgkit``), ``pgkit/__init__`` calls :func:`hold` first thing: SIGINT and SIGTERM are only remembered, and
-:func:`pgkit.cli.main`, once its own handlers are in place, exits with 130 or 143 if one came. Importing pgkit from
-any other program changes nothing.
+Python's default SIGINT handler would raise ``KeyboardInterrupt`` in the middle of an import: a traceback, an exit by
+SIGINT instead of code 130, or, inside a C++ extension's initialisation, an abort. When this process *is* the
+``pgkit`` command (the console script, or ``python -m pgkit``), ``pgkit/__init__`` calls :func:`hold` first thing:
+SIGINT and SIGTERM are only remembered. :func:`pgkit.cli.main` imports the heavy libraries (:func:`preload`) while
+they are still held, then installs its own handlers and exits with 130 or 143 if one came. Importing pgkit from any
+other program changes nothing.
 """
 
 from __future__ import annotations
@@ -36,3 +37,17 @@ def hold() -> None:
     if is_cli():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _remember)
+
+
+def holding() -> bool:
+    """Whether signals are being held (this process is the ``pgkit`` command, and ``main`` has not taken over)."""
+    return signal.getsignal(signal.SIGINT) is _remember
+
+
+def preload() -> None:
+    """Import torch, Lightning and MLflow while signals are held. An exception raised into a C++ extension while it
+    initialises can abort the process (SIGABRT, seen with torch): a Ctrl-C in these seconds is acted on right after
+    them instead."""
+    import lightning.pytorch  # noqa: F401
+    import mlflow  # noqa: F401
+    import torch  # noqa: F401
