@@ -113,15 +113,18 @@ def fit(
     config: ConfigLike,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
     resume: str | Path | None = None,
+    callbacks: Sequence[Any] | None = None,
 ) -> Any:
     """Train a config (a YAML path, a mapping or a config object) and return its
     :class:`~pgkit.training.FitResult`: the output folder, the last and best checkpoints, the MLflow run id, and
-    the training episodes' returns. ``resume`` continues the run saved in that checkpoint."""
+    the training episodes' returns. ``resume`` continues the run saved in that checkpoint. ``callbacks`` are
+    Lightning callbacks, run after pgkit's own: each iteration is a Lightning epoch, and at its end
+    ``pl_module.last_metrics`` holds what the iteration logged (its evaluation included)."""
     from pgkit.training import fit as train
 
     cfg = load_config_like(config, overrides)
     with preserved_process_state():
-        return train(cfg, resume=resume)
+        return train(cfg, resume=resume, callbacks=list(callbacks or []))
 
 
 def _is_single(space: gym.Space, obs: Any) -> bool:

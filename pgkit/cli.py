@@ -1,4 +1,4 @@
-"""``pgkit`` command line: fit, eval, bench, export, sync, validate, schema, list.
+"""``pgkit`` command line: fit, eval, bench, sweep, export, sync, validate, schema, list.
 
 Exit codes: 0 success; 1 the run failed (its last checkpoint is kept); 2 bad input (config, override, checkpoint
 path), reported as one line on stderr without a traceback.
@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", help="results directory (default bench/<suite name>)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: each config's)")
     p.add_argument("--report", action="store_true", help="only rewrite the reports from the finished runs")
+
+    p = sub.add_parser("sweep", help="tune hyperparameters: an Optuna study over the config's sweep section")
+    _config_args(p, required=True)
+    p.add_argument("--trials", type=int, metavar="N", help="trials in the study, over all workers and machines "
+                   "(default: sweep.trials)")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="trials run at once on this machine "
+                   "(default 1)")
 
     p = sub.add_parser("export", help="write a checkpoint's policy as a standalone ONNX or TorchScript file")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
@@ -225,6 +232,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pgkit.sweeps.run import run_sweep
+
+    return run_sweep(args.config, args.overrides, args.trials, args.workers)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pgkit.export import export_policy
 
@@ -327,6 +340,7 @@ COMMANDS = {
     "fit": cmd_fit,
     "eval": cmd_eval,
     "bench": cmd_bench,
+    "sweep": cmd_sweep,
     "export": cmd_export,
     "sync": cmd_sync,
     "validate": cmd_validate,
@@ -351,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     in_main = threading.current_thread() is threading.main_thread()
-    if startup.holding() and args.command in ("fit", "eval", "export", "bench", "sync"):
+    if startup.holding() and args.command in ("fit", "eval", "export", "bench", "sync", "sweep"):
         startup.preload()
     if in_main:
         signal.signal(signal.SIGTERM, _terminate)

@@ -32,6 +32,7 @@ from pgkit.networks import Activation, ActorCritic, mlp, output_width
 from pgkit.networks.encoders import ObservationEncoder, conv_output_size
 from pgkit.networks.recurrent import RecurrentCore, RecurrentKind
 from pgkit.run_config import CheckpointConfig, EvalConfig, LoggerConfig, TrainerConfig
+from pgkit.sweeps.config import SweepConfig
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -299,6 +300,8 @@ class ExperimentConfig(BaseModel):
     """Checkpointing."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Evaluation during training."""
+    sweep: SweepConfig | None = None
+    """The hyperparameter search of ``pgkit sweep`` (ignored by ``pgkit fit``)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

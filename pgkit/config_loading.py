@@ -150,6 +150,9 @@ def _clean_loc(loc: tuple[Any, ...], algorithms: dict[str, type[BaseModel]]) -> 
     # Pydantic puts the discriminator's tag in the location of union members: algorithm.ppo.clip_range.
     if len(loc) >= 2 and loc[0] == "algorithm" and loc[1] in algorithms:
         return (loc[0], *loc[2:])
+    # ... and the kind of a sweep parameter's space: sweep.params.<path>.range.low.
+    if len(loc) >= 4 and loc[:2] == ("sweep", "params") and loc[3] in ("range", "choices"):
+        return (*loc[:3], *loc[4:])
     return loc
 
 

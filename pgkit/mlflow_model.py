@@ -11,7 +11,11 @@ through the run's own client, so nothing changes MLflow's global tracking URI or
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +65,7 @@ def log_policy(client: Any, run_id: str, checkpoint: Path, module: Any, register
     if nested:
         raise ValueError(f"nested observation entries {nested[:3]} are not a flat pyfunc input")
     single = module.observation_layout.add_batch_dim(module.observation_space.sample())
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_mlflow():
         path = Path(tmp) / ARTIFACT_PATH
         mlflow.pyfunc.save_model(
             path=str(path),
@@ -77,6 +81,24 @@ def log_policy(client: Any, run_id: str, checkpoint: Path, module: Any, register
         client.log_artifacts(run_id, str(path), artifact_path=ARTIFACT_PATH)
     if register_as:
         client.register_model(run_id, register_as, ARTIFACT_PATH)  # queued with the rest while the store is away
+
+
+@contextlib.contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """Without MLflow's notes while it saves the model (its signature inference, the input example's type hint,
+    a progress bar for a local copy): one per run, none of them the user's to act on."""
+    logger = logging.getLogger("mlflow")
+    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    logger.setLevel(logging.ERROR)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def _version(package: str) -> str:

@@ -113,9 +113,10 @@ def make_logger(cfg: ExperimentConfig, run_id: str | None) -> Logger | None:
 
 
 def fit(cfg: ExperimentConfig, resume: str | Path | None = None,
-        loaded: LoadedCheckpoint | None = None) -> FitResult:
+        loaded: LoadedCheckpoint | None = None, callbacks: list[L.Callback] | None = None) -> FitResult:
     """Train ``cfg`` to completion (or continue the run saved in ``resume``; ``loaded`` is that checkpoint when the
-    caller has read it already).
+    caller has read it already), with the user's Lightning ``callbacks`` beside pgkit's own (after them, so they
+    see each iteration's metrics, evaluation and checkpoint).
 
     A new run never writes over an earlier run's checkpoints, and two runs never share a folder
     (:func:`pgkit.outputs.resolve_output_dir`): the returned :class:`FitResult` says which folder it used.
@@ -129,8 +130,8 @@ def fit(cfg: ExperimentConfig, resume: str | Path | None = None,
         try:
             # Across processes, a rank whose checks fail stops the others at once (pgkit.start_check).
             with reporting_start_failures(*_rank_and_world(cfg)):
-                cfg, module, trainer, callbacks, logger, best = _setup(cfg, resume, loaded)
-            return _train(cfg, module, trainer, callbacks, logger, best, resume, called)
+                cfg, module, trainer, own, logger, best = _setup(cfg, resume, loaded, list(callbacks or []))
+            return _train(cfg, module, trainer, own, logger, best, resume, called)
         finally:
             release_all()
 
@@ -193,7 +194,8 @@ def _train(cfg: Any, module: Any, trainer: L.Trainer, callbacks: list, logger: L
     )
 
 
-def _setup(cfg: ExperimentConfig, resume: str | Path | None, loaded: LoadedCheckpoint | None):
+def _setup(cfg: ExperimentConfig, resume: str | Path | None, loaded: LoadedCheckpoint | None,
+           extra: list[L.Callback]):
     """Everything before training, checks first: the config with its output folder resolved, the module, the
     Trainer, its callbacks, the MLflow logger (rank 0) and the best-checkpoint callback (or None)."""
     quiet_lightning()
@@ -247,6 +249,7 @@ def _setup(cfg: ExperimentConfig, resume: str | Path | None, loaded: LoadedCheck
             callbacks.append(SystemMetrics(logger, cfg.logger.tracking_uri, cfg.logger.system_metrics_interval,
                                            resumed=run_id is not None))
 
+    callbacks.extend(extra)
     trainer = L.Trainer(
         max_epochs=module.max_iterations,
         accelerator=cfg.trainer.accelerator,

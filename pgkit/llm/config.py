@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 
 from pgkit.algorithms.configs import GroupPolicyOptions
 from pgkit.config import CheckpointConfig, LoggerConfig, TrainerConfig
+from pgkit.sweeps.config import SweepConfig
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -262,6 +263,8 @@ class LanguageExperimentConfig(BaseModel):
     """Evaluation on held-out prompts."""
     samples_every_n_iterations: int = Field(10, ge=0)
     """Log a table of sample completions (prompt, completion, each reward) to MLflow every this many iterations."""
+    sweep: SweepConfig | None = None
+    """The hyperparameter search of ``pgkit sweep`` (ignored by ``pgkit fit``)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> LanguageExperimentConfig:

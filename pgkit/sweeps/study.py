@@ -1,0 +1,235 @@
+"""The Optuna study behind a sweep: its storage, sampler and pruner, and the accounting that makes the processes of
+every machine together run exactly ``trials`` trials, none twice and none lost.
+
+Optuna is the engine: trials are created by its storage (a row each, numbered in order, in one transaction), a
+waiting trial is taken by one process only (``SELECT ... FOR UPDATE`` on PostgreSQL), and each running trial sends
+heartbeats, so a trial whose process died (SIGKILL, a lost machine) is marked failed by the next process that looks
+(``fail_stale_trials``). pgkit adds three things on top, all through Optuna's own records:
+
+- **Retries.** A trial stopped by Ctrl-C, SIGTERM or a dead process is queued again with the same parameters
+  (``enqueue_trial``), tagged ``pgkit.retry_of``; the retry continues the same trial folder from its last checkpoint.
+  The stopped trial no longer counts.
+- **The budget.** The trials that count are those neither replaced by a retry nor marked surplus. A process asks for
+  a new trial only while fewer than ``trials`` count; a trial created in a race past the budget (two machines asking
+  at the same instant) is marked ``pgkit.surplus`` and failed before it samples or trains anything.
+- **One machine, sqlite.** sqlite has no row locks, so the processes of one machine take turns (an ``flock`` beside
+  the database) from the budget check to the new trial's first line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import time
+import warnings
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from pgkit.errors import ConfigError, UserError
+from pgkit.sweeps.config import SweepConfig
+from pgkit.tracking import absolute_tracking_uri, sqlite_path
+
+RETRY_OF = "pgkit.retry_of"
+SURPLUS = "pgkit.surplus"
+IDENTITY = "pgkit.identity"
+#: Seconds between a running trial's heartbeats.
+HEARTBEAT_S = 10
+
+
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and MLflow tags)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def absolute_storage(url: str) -> str:
+    """A relative ``sqlite:///`` storage made absolute against the working directory."""
+    return absolute_tracking_uri(url)
+
+
+@contextlib.contextmanager
+def local_turn(url: str) -> Iterator[Any]:
+    """For a sqlite storage, an exclusive ``flock`` beside the database (the processes of this machine take turns);
+    for a server, nothing (its row locks do the work). Yields an object whose ``release()`` ends the turn early."""
+
+    class Turn:
+        fd: int | None = None
+
+        def release(self) -> None:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+    turn = Turn()
+    db = sqlite_path(url)
+    if db is not None:
+        turn.fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(turn.fd, fcntl.LOCK_EX)
+    try:
+        yield turn
+    finally:
+        turn.release()
+
+
+def open_storage(url: str, stale_after_s: float) -> Any:
+    """Optuna's ``RDBStorage`` with heartbeats, a failed-trial callback that queues a retry, and its schema made
+    once. Raises :class:`ConfigError` (one line) when the database cannot be reached or its driver is missing."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # pgkit reports trials itself, in one line each
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    db = sqlite_path(url)
+    if db is not None and not db.parent.is_dir():
+        raise ConfigError(f"config error: sweep.storage: directory {str(db.parent)!r} does not exist (got {url!r})")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True}
+    last: BaseException | None = None
+    for attempt in range(5):  # machines creating the schema of a new database at once: one wins, the others retry
+        try:
+            with local_turn(url):
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                    grace_period=int(stale_after_s), heartbeat_stale_trial_callback=retry_stale_trial)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"config error: sweep.storage: the driver for {masked(url)} is not installed "
+                              f"({exc.name}); for PostgreSQL: pip install -e \".[postgres]\" (got "
+                              f"{masked(url)!r})") from None
+        except (SQLAlchemyError, ValueError, OSError) as exc:
+            last = exc
+            time.sleep(0.5 * (attempt + 1))
+    problem = " ".join(str(getattr(last, "orig", None) or last).split())[:300]
+    raise ConfigError(f"config error: sweep.storage: cannot open {masked(url)}: {problem} (got {masked(url)!r})")
+
+
+def _sampler(sweep: SweepConfig, seed: int) -> Any:
+    import optuna
+
+    from pgkit.sweeps.space import grid_space
+
+    if sweep.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if sweep.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_space(sweep), seed=seed)
+    return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+
+
+def _pruner(sweep: SweepConfig, total_steps: int) -> Any:
+    import optuna
+
+    if sweep.pruner == "median":
+        # As RL Zoo: judge nothing before 5 trials have finished, nor in the first third of a run.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=total_steps // 3)
+    if sweep.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource="auto", max_resource=total_steps, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def worker_seed(seed: int, worker: int) -> int:
+    """A sampler seed per worker process and machine: workers seeded alike would sample the same first trials."""
+    return (seed * 1_000_003 + worker * 7919 + zlib.crc32(os.uname().nodename.encode())) % 2**32
+
+
+def open_study(storage: Any, name: str, sweep: SweepConfig, seed: int, total_steps: int,
+               fingerprint: dict[str, Any], create: bool) -> Any:
+    """Create the study (``create``: this process sets it up) or join it. A study set up from another config is
+    refused with exit 2: its trials would mean something else."""
+    import optuna
+
+    direction = sweep.direction
+    sampler, pruner = _sampler(sweep, seed), _pruner(sweep, total_steps)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+    except ValueError as exc:  # a study of that name with another direction
+        raise ConfigError(f"config error: sweep.direction: study {name!r} exists with another direction ({exc}) "
+                          f"(got {direction!r})") from None
+    # Seeded by how far the study is, too: a resumed sweep must not sample its first trials' values again.
+    study.sampler = _sampler(sweep, (seed + 104_729 * len(study.get_trials(deepcopy=False))) % 2**32)
+    if create and "pgkit.fingerprint" not in study.user_attrs:
+        study.set_user_attr("pgkit.fingerprint", fingerprint)
+    stored = study.user_attrs.get("pgkit.fingerprint")
+    if stored is not None and stored != fingerprint:
+        keys = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+        raise ConfigError(f"config error: sweep.study: study {name!r} in {masked(storage.url)} was started from "
+                          f"another config (it differs in {', '.join(keys)}); name another sweep.study "
+                          f"(got {name!r})")
+    return study
+
+
+def counted(trials: list[Any]) -> list[Any]:
+    """The trials that count toward the budget: neither replaced by a retry nor surplus."""
+    replaced = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    return [t for t in trials if t.number not in replaced and not t.user_attrs.get(SURPLUS)]
+
+
+def identity(trial: Any) -> int:
+    """The trial number that names a trial's folder and MLflow run: a retry keeps its first attempt's."""
+    return int(trial.user_attrs.get(IDENTITY, trial.number))
+
+
+def retry(study: Any, trial: Any) -> None:
+    """Queue ``trial`` again with its parameters; the retry continues its folder (and checkpoint)."""
+    if trial.user_attrs.get(SURPLUS):
+        return
+    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number, IDENTITY: identity(trial)})
+
+
+def retry_stale_trial(study: Any, trial: Any) -> None:
+    """Optuna's stale-trial callback: a trial whose process stopped sending heartbeats is queued again."""
+    retry(study, trial)
+    logging.getLogger("pgkit.sweep").warning("trial %d lost its process; queued again", identity(trial))
+
+
+def state_counts(study: Any, budget: int) -> dict[str, int]:
+    """``{"counted", "waiting", "running", "done"}`` for the budget decisions."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    live = counted(trials)
+    return {
+        "counted": len(live),
+        "waiting": sum(t.state == TrialState.WAITING for t in trials),
+        "running": sum(t.state == TrialState.RUNNING for t in live),
+        "done": sum(t.state.is_finished() for t in live),
+        "budget": budget,
+    }
+
+
+def is_surplus(study: Any, trial: Any, budget: int) -> bool:
+    """Whether a new (not retried) trial was created past the budget, in a race with another process."""
+    if RETRY_OF in trial.user_attrs:
+        return False
+    earlier = [t for t in counted(study.get_trials(deepcopy=False)) if t.number < trial.number]
+    return len(earlier) >= budget
+
+
+def check_folder(sweep_dir: Any, study: Any, name: str, storage_url: str) -> None:
+    """Claim the sweep folder for this study (a marker file), or refuse one that another study's trials fill."""
+    import json
+    from pathlib import Path
+
+    folder = Path(sweep_dir)
+    marker = folder / ".pgkit-sweep.json"
+    # The storage's own id of the study: a study deleted and made again under the same name has another.
+    mine = {"study": name, "uid": study._storage.get_study_id_from_name(name)}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if marker.exists():
+            theirs = json.loads(marker.read_text())
+            if theirs.get("uid") != mine["uid"]:
+                raise UserError(f"pgkit sweep: {folder} holds the trials of another study ({theirs.get('study')!r}, "
+                                f"deleted or elsewhere); set trainer.output_dir to another folder")
+            return
+        if any(folder.glob("trial-*")):
+            raise UserError(f"pgkit sweep: {folder} holds trial folders of another sweep; set trainer.output_dir "
+                            "to another folder")
+        tmp = folder / f".pgkit-sweep.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({**mine, "storage": masked(storage_url)}))
+        tmp.replace(marker)
+    except OSError as exc:
+        raise UserError(f"pgkit sweep: cannot write to {folder}: {exc.strerror or exc}") from None
