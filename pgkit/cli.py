@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", help="results directory (default bench/<suite name>)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: each config's)")
     p.add_argument("--report", action="store_true", help="only rewrite the reports from the finished runs")
+    p.add_argument("--storage", metavar="URL", help="share the suite's runs with other machines through this Optuna "
+                   "storage (postgresql://...; each run is claimed once) and report from the results stored there")
 
     p = sub.add_parser("sweep", help="tune hyperparameters: an Optuna study over the config's sweep section")
     _config_args(p, required=True)
@@ -224,8 +226,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     summary = run_suite(
         args.suite, args.output, args.algorithms, args.envs, args.seeds, args.workers, args.tracking_uri,
-        report_only=args.report,
+        report_only=args.report, storage=args.storage,
     )
+    if summary.stopped:
+        print(f"pgkit bench: stopped; the interrupted runs are queued again for the next `pgkit bench` on "
+              f"{args.storage}", file=sys.stderr)
+        return summary.stopped
     if summary.failed:
         print(f"pgkit bench: {len(summary.failed)} runs failed: {', '.join(summary.failed)}", file=sys.stderr)
         return 1

@@ -42,7 +42,7 @@ def parent_run(study: Any, cfg: Any, name: str, storage_url: str) -> str | None:
                     if run.info.status != "RUNNING":
                         client.update_run(existing, status="RUNNING")
                     return existing
-            except Exception:  # noqa: BLE001 - deleted, or another store's run: make a new one
+            except Exception:  # deleted, or another store's run: make a new one
                 pass
         found = retry_busy(client.get_experiment_by_name, experiment)
         experiment_id = found.experiment_id if found else retry_busy(client.create_experiment, experiment)
@@ -72,8 +72,9 @@ def rows(study: Any) -> list[dict[str, Any]]:
     for t in sorted(studies.counted(study.get_trials(deepcopy=False)), key=studies.identity):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
             t.datetime_start else None
-        out.append({"trial": studies.identity(t), "state": t.state.name, "value": t.value,
-                    "seconds": seconds, **(t.params or t.system_attrs.get("fixed_params", {})), "error": t.user_attrs.get("pgkit.error", "")})
+        params = t.params or t.system_attrs.get("fixed_params", {})  # a queued retry has its values fixed
+        out.append({"trial": studies.identity(t), "state": t.state.name, "value": t.value, "seconds": seconds,
+                    **params, "error": t.user_attrs.get("pgkit.error", "")})
     return out
 
 
@@ -152,7 +153,7 @@ def plots(study: Any, folder: Path) -> list[Path]:
             ax.figure.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(ax.figure)
             made.append(path)
-        except Exception:  # noqa: BLE001 - too few finished trials (or no spread) for this plot yet
+        except Exception:  # too few finished trials (or no spread) for this plot yet
             plt.close("all")
     return made
 
@@ -179,7 +180,7 @@ def publish(study: Any, cfg: Any, ctx: Any, log: Any, finished: bool) -> None:
     try:
         with quiet_mlflow():
             _log_parent(cfg, ctx, study, best, images, finished)
-    except Exception as exc:  # noqa: BLE001 - the files are written; the store may be away
+    except Exception as exc:  # the files are written; the store may be away
         log(f"pgkit sweep: could not update MLflow run {ctx.parent_run_id}: {' '.join(str(exc).split())[:200]}")
 
 

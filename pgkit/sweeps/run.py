@@ -63,9 +63,7 @@ def prepare(config: str | None, overrides: list[str], trials: int | None, log: A
     fingerprint = {"config": {k: v for k, v in base.items() if k != "logger"},
                    **sweep.model_dump(mode="json", include={"metric", "direction", "sampler", "params"})}
     seed = sweep.seed if sweep.seed is not None else cfg.trainer.seed
-    worker = int(os.environ.get("PGKIT_SWEEP_WORKER", "0"))
-    study = studies.open_study(storage, name, sweep, studies.worker_seed(seed, worker),
-                               cfg.trainer.total_timesteps, fingerprint, create=main)
+    study = studies.open_study(storage, name, sweep, seed, cfg.trainer.total_timesteps, fingerprint, create=main)
     explicit = "output_dir" in cfg.trainer.model_fields_set
     sweep_dir = Path(cfg.trainer.output_dir if explicit else f"runs/{name}-sweep").resolve()
     if main:
@@ -74,7 +72,7 @@ def prepare(config: str | None, overrides: list[str], trials: int | None, log: A
     else:
         parent = os.environ.get(PARENT_VAR) or None
     ctx = SweepContext(name=name, sweep=sweep, budget=budget, base=base, sweep_dir=sweep_dir,
-                       parent_run_id=parent, log=log)
+                       parent_run_id=parent, log=log, seed=seed)
     return Prepared(cfg, study, storage_url, ctx)
 
 
@@ -112,6 +110,7 @@ def work(prepared: Prepared) -> None:
                 continue
             said_waiting = False
             ctx.turn = turn
+            studies.reseed(study, ctx.sweep, ctx.seed, os.uname().nodename, os.getpid(), len(study.trials))
             study.optimize(lambda trial: objective(ctx, trial), n_trials=1, catch=(TrialFailed, Surplus),
                            gc_after_trial=True)
         if ctx.metric_missing:

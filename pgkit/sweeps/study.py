@@ -93,9 +93,10 @@ def open_storage(url: str, stale_after_s: float) -> Any:
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
                     grace_period=int(stale_after_s), heartbeat_stale_trial_callback=retry_stale_trial)
-        except ModuleNotFoundError as exc:
-            raise ConfigError(f"config error: sweep.storage: the driver for {masked(url)} is not installed "
-                              f"({exc.name}); for PostgreSQL: pip install -e \".[postgres]\" (got "
+        except ImportError as exc:  # Optuna's "Failed to import DB access module", from the driver's import
+            missing = getattr(exc.__cause__, "name", None) or "its driver"
+            raise ConfigError(f"config error: sweep.storage: the database driver for {masked(url)} is not installed "
+                              f"({missing}); for PostgreSQL: pip install -e \".[postgres]\" (got "
                               f"{masked(url)!r})") from None
         except (SQLAlchemyError, ValueError, OSError) as exc:
             last = exc
@@ -129,9 +130,13 @@ def _pruner(sweep: SweepConfig, total_steps: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def worker_seed(seed: int, worker: int) -> int:
-    """A sampler seed per worker process and machine: workers seeded alike would sample the same first trials."""
-    return (seed * 1_000_003 + worker * 7919 + zlib.crc32(os.uname().nodename.encode())) % 2**32
+def reseed(study: Any, sweep: SweepConfig, seed: int, *salt: Any) -> None:
+    """Give the study a sampler seeded by ``seed`` and ``salt``. Processes whose samplers were seeded alike would
+    sample the same values: before each trial is created the salt is the process and how far the study is (for
+    the samplers that choose then: grid, CMA-ES); once it exists, its number, unique over every process (TPE and
+    random sample then), so a TPE or random sweep run by one process is reproducible from its seed."""
+    mixed = zlib.crc32(repr((seed, *salt)).encode())
+    study.sampler = _sampler(sweep, mixed)
 
 
 def open_study(storage: Any, name: str, sweep: SweepConfig, seed: int, total_steps: int,
@@ -141,15 +146,13 @@ def open_study(storage: Any, name: str, sweep: SweepConfig, seed: int, total_ste
     import optuna
 
     direction = sweep.direction
-    sampler, pruner = _sampler(sweep, seed), _pruner(sweep, total_steps)
+    sampler, pruner = _sampler(sweep, seed), _pruner(sweep, total_steps)  # reseeded before each trial
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
                                     pruner=pruner, load_if_exists=True)
     except ValueError as exc:  # a study of that name with another direction
         raise ConfigError(f"config error: sweep.direction: study {name!r} exists with another direction ({exc}) "
                           f"(got {direction!r})") from None
-    # Seeded by how far the study is, too: a resumed sweep must not sample its first trials' values again.
-    study.sampler = _sampler(sweep, (seed + 104_729 * len(study.get_trials(deepcopy=False))) % 2**32)
     if create and "pgkit.fingerprint" not in study.user_attrs:
         study.set_user_attr("pgkit.fingerprint", fingerprint)
     stored = study.user_attrs.get("pgkit.fingerprint")
@@ -176,7 +179,8 @@ def retry(study: Any, trial: Any) -> None:
     """Queue ``trial`` again with its parameters; the retry continues its folder (and checkpoint)."""
     if trial.user_attrs.get(SURPLUS):
         return
-    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number, IDENTITY: identity(trial)})
+    keep = {k: v for k, v in trial.user_attrs.items() if k == "pgkit.cell"}  # a shared benchmark's run
+    study.enqueue_trial(dict(trial.params), user_attrs={**keep, RETRY_OF: trial.number, IDENTITY: identity(trial)})
 
 
 def retry_stale_trial(study: Any, trial: Any) -> None:

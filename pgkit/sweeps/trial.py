@@ -70,6 +70,7 @@ class SweepContext:
     sweep_dir: Path
     parent_run_id: str | None
     log: Any
+    seed: int = 0
     turn: Any = None
     metric_missing: str | None = field(default=None)
 
@@ -113,6 +114,8 @@ def objective(ctx: SweepContext, trial: Any) -> float:
         if surplus:
             trial.set_user_attr(studies.SURPLUS, True)
             raise Surplus(f"trial {trial.number} was created past the budget of {ctx.budget}")
+    if ctx.sweep.sampler in ("tpe", "random"):
+        studies.reseed(trial.study, ctx.sweep, ctx.seed, trial.number)
     number = studies.identity(trial)
     trial.set_user_attr(studies.IDENTITY, number)
     values = suggest(trial, ctx.sweep)
@@ -176,8 +179,8 @@ def _tag_run(cfg: Any, run_id: str | None, state: str) -> None:
         from mlflow import MlflowClient
 
         MlflowClient(cfg.logger.tracking_uri).set_tag(run_id, "pgkit.sweep.state", state)
-    except Exception:  # noqa: BLE001 - a tag is not worth failing a finished trial for
+    except Exception:  # a tag is not worth failing a finished trial for
         pass
 
 
-__all__ = ["Reporter", "SweepContext", "SweepStopped", "Surplus", "TrialFailed", "objective"]
+__all__ = ["Reporter", "Surplus", "SweepContext", "SweepStopped", "TrialFailed", "objective"]
