@@ -48,6 +48,8 @@ class EnvStepProgressBar(ProgressBar):
             unit_scale=True,
             dynamic_ncols=True,
             desc=pl_module.cfg.label,
+            # Read now, not when tqdm was imported: a sweep's forked workers turn their bars off after that.
+            disable=os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"),
         )
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: OnPolicyModule, batch, batch_idx: int) -> None:

@@ -101,9 +101,13 @@ class SweepConfig(BaseModel):
     """Optuna's sampler: ``tpe`` (TPESampler), ``random``, ``grid`` (every combination of ``choices`` and stepped
     ranges, at most ``trials`` of them) or ``cmaes`` (CmaEsSampler; choices are sampled at random beside it)."""
     pruner: Literal["median", "hyperband", "none"] = "median"
-    """Stop unpromising trials early: ``median`` (MedianPruner: below the median of earlier trials at the same step,
-    after 5 trials and half of the run's first evaluations), ``hyperband`` (HyperbandPruner over the run's env
-    steps) or ``none``."""
+    """Stop unpromising trials early: ``median`` (MedianPruner: below the median of the finished trials at the same
+    env step, once 5 trials have finished and past ``prune_warmup``), ``hyperband`` (HyperbandPruner over the run's
+    env steps) or ``none``."""
+    prune_warmup: float = Field(0.1, ge=0.0, lt=1.0)
+    """The fraction of ``trainer.total_timesteps`` in which the median pruner stops no trial (Optuna's
+    ``n_warmup_steps``). RL Zoo's setting with its 5 evaluations per trial prunes from the first one, as 0.1 does
+    with 5 evaluations."""
     storage: str = Field("sqlite:///optuna.db", min_length=1)
     """Where the study lives: ``sqlite:///path.db`` (one machine; relative paths are taken from the working
     directory) or ``postgresql://user:password@host:port/db`` (machines that share one study; ``pip install -e

@@ -8,9 +8,9 @@ Afterwards it writes the summary, ``best.yaml`` and Optuna's plots (:mod:`pgkit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -119,18 +119,28 @@ def work(prepared: Prepared) -> None:
 
 def run_sweep(config: str | None, overrides: list[str], trials: int | None = None, workers: int = 1,
               log: Any = print) -> int:
-    """``pgkit sweep``: returns the exit code (0 done, 128 + signum when stopped, 1 when a worker failed)."""
-    worker = os.environ.get("PGKIT_SWEEP_WORKER")
+    """``pgkit sweep``: returns the exit code (0 done, 128 + signum when stopped, 2 bad input, 1 a worker failed)."""
     if workers < 1:
         raise UserError(f"pgkit sweep: --workers: must be at least 1 (got {workers})")
-    prepared = prepare(config, overrides, trials, log, main=worker is None)
-    if worker is not None:  # one of the command's worker processes
+    # Workers are forked now, before anything opens a database, so they start with torch, Lightning and MLflow
+    # already imported (a fresh interpreter takes seconds to import them); each opens its own connections.
+    children = _fork_workers(workers, config, overrides, trials) if workers > 1 else []
+    try:
+        prepared = prepare(config, overrides, trials, log, main=True)
+    except BaseException:
+        _release(children, None)
+        raise
+    if children:
+        _release(children, prepared.ctx.parent_run_id or "")
+        log(f"sweep {prepared.ctx.name!r}: {workers} workers, study in {studies.masked(prepared.storage_url)}, "
+            f"trials in {prepared.ctx.sweep_dir}")
+        code = _wait(children)
+    else:
         try:
             work(prepared)
+            code = 0
         except SweepStopped as exc:
-            return 128 + exc.signum
-        return 0
-    code = _run_workers(prepared, config, overrides, trials, workers, log)
+            code = 128 + exc.signum
     from pgkit.sweeps.report import publish
 
     counts = studies.state_counts(prepared.study, prepared.ctx.budget)
@@ -141,54 +151,93 @@ def run_sweep(config: str | None, overrides: list[str], trials: int | None = Non
     return code
 
 
-def _run_workers(prepared: Prepared, config: str | None, overrides: list[str], trials: int | None, workers: int,
-                 log: Any) -> int:
-    if workers == 1:
-        try:
-            work(prepared)
-        except SweepStopped as exc:
-            return 128 + exc.signum
-        return 0
-    args = [sys.executable, "-m", "pgkit", "sweep", "--config", str(config)]
-    for assignment in overrides:
-        args += ["--set", assignment]
-    if trials is not None:
-        args += ["--trials", str(trials)]
-    procs = []
+def _fork_workers(workers: int, config: str | None, overrides: list[str], trials: int | None) -> list[tuple[int, int]]:
+    """Fork the worker processes; each waits until this process has checked the sweep and made the study, then
+    runs trials. Returns ``(pid, pipe)`` per worker."""
+    children = []
     for index in range(workers):
-        env = {**os.environ, "PGKIT_SWEEP_WORKER": str(index), "TQDM_DISABLE": "1",
-               PARENT_VAR: prepared.ctx.parent_run_id or ""}
-        procs.append(subprocess.Popen(args, env=env, start_new_session=True))
-    log(f"sweep {prepared.ctx.name!r}: {workers} workers, study in {studies.masked(prepared.storage_url)}, "
-        f"trials in {prepared.ctx.sweep_dir}")
-    return _wait(procs)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            os.close(write_fd)
+            _worker(index, read_fd, config, overrides, trials)
+        os.close(read_fd)
+        children.append((pid, write_fd))
+    return children
 
 
-def _wait(procs: list[subprocess.Popen]) -> int:
-    """Wait for the workers. A signal to this process goes on to them, once per signal (they have sessions of their
-    own, so a terminal's Ctrl-C reaches them only through here): each saves its iteration and queues its trial. A
-    worker that found bad input (exit 2) stops the others."""
+def _worker(index: int, read_fd: int, config: str | None, overrides: list[str], trials: int | None) -> None:
+    code = 1
+    try:
+        os.setsid()  # a terminal's Ctrl-C reaches the command only, which passes it on once (see _wait)
+        os.environ["TQDM_DISABLE"] = "1"  # K progress bars on one terminal read as noise; trials print a line each
+        message = os.read(read_fd, 4096).decode()
+        if not message.startswith("go "):
+            code = 0  # the command found bad input and said so
+            return
+        os.environ[PARENT_VAR] = message.removeprefix("go ")
+        work(prepare(config, overrides, trials, print, main=False))
+        code = 0
+    except SweepStopped as exc:
+        code = 128 + exc.signum
+    except UserError as exc:
+        print(" ".join(str(exc).splitlines()), file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 128 + signal.SIGINT
+    except Terminated:
+        code = 128 + signal.SIGTERM
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # no interpreter shutdown: the command's own objects (and exit handlers) are not the worker's
+
+
+def _release(children: list[tuple[int, int]], parent_run_id: str | None) -> None:
+    """Let the workers go (with the sweep's MLflow run), or tell them to stop (``None``)."""
+    for _, write_fd in children:
+        with contextlib.suppress(OSError):
+            os.write(write_fd, b"stop" if parent_run_id is None else f"go {parent_run_id}".encode())
+            os.close(write_fd)
+    if parent_run_id is None:
+        for pid, _ in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _wait(children: list[tuple[int, int]]) -> int:
+    """Wait for the workers. A signal to this process goes on to them, once per signal: each saves its iteration
+    and queues its trial. A worker that found bad input (exit 2) stops the others."""
+    codes: dict[int, int] = {}
     stopped = 0
-    while True:
+    while len(codes) < len(children):
         try:
-            while any(p.poll() is None for p in procs):
-                if not stopped and any(p.poll() == 2 for p in procs):
-                    stopped = 2
-                    _signal_all(procs, signal.SIGINT)
-                time.sleep(0.2)
-            break
+            for pid, _ in children:
+                if pid in codes:
+                    continue
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+                    if codes[pid] == 2 and not stopped:
+                        stopped = 2
+                        _signal_all(children, codes, signal.SIGINT)
+            time.sleep(0.2)
         except (KeyboardInterrupt, Terminated) as exc:
             signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
             stopped = stopped or 128 + signum
-            _signal_all(procs, signum)
-    codes = [p.returncode for p in procs]
+            _signal_all(children, codes, signum)
     if stopped:
         return stopped
-    bad = [c for c in codes if c]
+    bad = [c if c >= 0 else 128 - c for c in codes.values() if c]
     return bad[0] if bad else 0
 
 
-def _signal_all(procs: list[subprocess.Popen], signum: int) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signum)
+def _signal_all(children: list[tuple[int, int]], codes: dict[int, int], signum: int) -> None:
+    for pid, _ in children:
+        if pid not in codes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)

@@ -123,8 +123,8 @@ def _pruner(sweep: SweepConfig, total_steps: int) -> Any:
     import optuna
 
     if sweep.pruner == "median":
-        # As RL Zoo: judge nothing before 5 trials have finished, nor in the first third of a run.
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=total_steps // 3)
+        # As RL Zoo: judge nothing before 5 trials have finished.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=int(total_steps * sweep.prune_warmup))
     if sweep.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource="auto", max_resource=total_steps, reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -134,9 +134,12 @@ def reseed(study: Any, sweep: SweepConfig, seed: int, *salt: Any) -> None:
     """Give the study a sampler seeded by ``seed`` and ``salt``. Processes whose samplers were seeded alike would
     sample the same values: before each trial is created the salt is the process and how far the study is (for
     the samplers that choose then: grid, CMA-ES); once it exists, its number, unique over every process (TPE and
-    random sample then), so a TPE or random sweep run by one process is reproducible from its seed."""
-    mixed = zlib.crc32(repr((seed, *salt)).encode())
-    study.sampler = _sampler(sweep, mixed)
+    random sample then), so a TPE or random sweep run by one process is reproducible from its seed. The grid
+    sampler is the exception: it needs the same seed everywhere (its order is shuffled by it)."""
+    if sweep.sampler == "grid":  # Optuna's grid is shuffled by its seed: every process must share one order
+        study.sampler = _sampler(sweep, seed)
+        return
+    study.sampler = _sampler(sweep, zlib.crc32(repr((seed, *salt)).encode()))
 
 
 def open_study(storage: Any, name: str, sweep: SweepConfig, seed: int, total_steps: int,
