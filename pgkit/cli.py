@@ -66,15 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", help="results directory (default bench/<suite name>)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: each config's)")
     p.add_argument("--report", action="store_true", help="only rewrite the reports from the finished runs")
-    p.add_argument("--storage", metavar="URL", help="share the suite's runs with other machines through this Optuna "
-                   "storage (postgresql://...; each run is claimed once) and report from the results stored there")
+    p.add_argument("--storage", metavar="URL", help="share the runs with other machines through this Optuna storage")
 
     p = sub.add_parser("sweep", help="tune hyperparameters: an Optuna study over the config's sweep section")
     _config_args(p, required=True)
-    p.add_argument("--trials", type=int, metavar="N", help="trials in the study, over all workers and machines "
-                   "(default: sweep.trials)")
-    p.add_argument("--workers", type=int, default=1, metavar="K", help="trials run at once on this machine "
-                   "(default 1)")
+    p.add_argument("--trials", type=int, metavar="N", help="trials in the study, all machines (default: sweep.trials)")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="trials at once on this machine (default 1)")
 
     p = sub.add_parser("export", help="write a checkpoint's policy as a standalone ONNX or TorchScript file")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
@@ -273,6 +270,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pgkit.config_loading import load_config
+    from pgkit.sweeps.space import check_space
 
     files = ([args.config] if args.config else []) + list(args.files)
     if not files:
@@ -282,6 +280,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         prefix = f"{path}: " if len(files) > 1 else ""
         try:
             cfg = load_config(path, args.overrides)
+            if cfg.sweep is not None:  # its paths and bounds too, as `pgkit sweep` checks them
+                check_space(cfg)
         except UserError as exc:
             if len(files) == 1:
                 raise

@@ -86,6 +86,13 @@ def test_bad_search_spaces_exit_2_with_one_line_before_any_trial(tmp_path, capsy
     assert not (tmp_path / "runs").exists()  # nothing trained
 
 
+def test_validate_checks_the_search_space(tmp_path, capsys):
+    config = write(tmp_path / "c.yaml", sweep__params={"algorithm.learnin_rate": {"low": 0.1, "high": 0.2}})
+    assert main(["validate", "--config", str(config)]) == 2
+    assert "sweep.params.algorithm.learnin_rate: algorithm.learnin_rate is not a field" in capsys.readouterr().err
+    assert main(["validate", "--config", str(write(tmp_path / "d.yaml"))]) == 0
+
+
 def test_no_sweep_section_is_a_config_error(tmp_path, capsys):
     data = dict(CONFIG)
     data.pop("sweep")
