@@ -276,7 +276,7 @@ def check_spaces(cfg: ExperimentConfig, spaces: tuple[Any, Any] | None = None) -
         if cfg.trainer.kernels == "numba" and env is not None:  # raises ConfigError naming what rules it out
             from pgkit.algorithms.kernel_update import wanted
 
-            wanted(cfg.policy.init(observation_space, action_space), cfg.trainer)
+            wanted(cfg.policy.init(observation_space, action_space), cfg)
     finally:
         if env is not None:
             env.close()

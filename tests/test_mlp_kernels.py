@@ -15,7 +15,7 @@ import torch
 
 from pgkit.algorithms import mlp_kernels
 from pgkit.algorithms.adam import Adam
-from pgkit.algorithms.kernel_update import ActingKernel, KernelUpdate, unsupported
+from pgkit.algorithms.kernel_update import ActingKernel, KernelUpdate, unsupported, unsupported_config
 from pgkit.config_loading import load_config
 from pgkit.errors import ConfigError
 from pgkit.training import fit
@@ -138,7 +138,7 @@ def test_kernel_tanh_stays_within_float32_rounding_and_keeps_nan():
 def test_ineligible_runs_fall_back_to_torch_or_refuse_numba(overrides, reason):
     module = ppo_module("Pendulum-v1", overrides)
     assert module.update_kernel is None and not module.use_acting_kernel
-    assert reason in unsupported(module.policy, module.cfg.trainer)
+    assert reason in (unsupported_config(module.cfg) or unsupported(module.policy, module.cfg.trainer))
     refused = r"^config error: trainer\.kernels: numba cannot run this policy: .*"
     with pytest.raises(ConfigError, match=refused + reason[:8]):
         ppo_module("Pendulum-v1", [*overrides, "trainer.kernels=numba"])

@@ -121,7 +121,7 @@ class OnPolicyModule(TrainingData, IterationMetrics, Progress, Compilation, L.Li
         self.rollout_forward: FusedForward | None = None
         #: Gaussian MLP policies act through a compiled kernel instead when ``trainer.kernels`` allows (see
         #: :mod:`pgkit.algorithms.kernel_update`): decided once here, taken afresh at each rollout's start.
-        self.use_acting_kernel = kernel_update.wanted(self.policy, self.cfg.trainer, acting=True)
+        self.use_acting_kernel = kernel_update.wanted(self.policy, self.cfg, acting=True)
         self.rollout_kernel: kernel_update.ActingKernel | None = None
 
     # ----------------------------------------------------------------------------------------------- environments

@@ -13,6 +13,7 @@ rounding. Acting draws its noise with ``torch.randn``, as the torch path does, s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +32,86 @@ if TYPE_CHECKING:
 
 _ACTIVATIONS = {nn.Tanh: False, nn.ReLU: True}  # activation -> the kernels' ``relu`` flag
 
+Rule = Callable[[Any], str | None]
+"""A field's value -> why the kernels cannot run it, or None."""
+
+
+def _only(*values: Any, why: str) -> Rule:
+    return lambda value: None if value in values else why
+
+
+def _not(value: Any, why: str) -> Rule:
+    return lambda given: why if given == value else None
+
+
+#: Every field of the sections a run with kernels reads, and what the kernels do with it: ``None`` when any value
+#: runs on the kernel path as on the torch path (each comment says why), else a :data:`Rule` refusing the values the
+#: kernels do not implement. :func:`unsupported_config` walks this table, and ``tests/test_kernel_fields.py`` fails
+#: for a field of these configs that is missing here, so an option added later is never silently ignored by the
+#: kernels: it must be declared supported (and implemented) or refused.
+FIELDS: dict[str, dict[str, Rule | None]] = {
+    "algorithm": {  # PPOConfig: the update kernel is PPO's; the acting kernel reads no algorithm field
+        "name": None,  # the update kernel is taken by PPO only (PPOModule); other algorithms act through it only
+        "learning_rate": None, "anneal_lr": None, "adam_eps": None,  # torch's optimizer API steps the gradients
+        "num_steps": None, "gamma": None, "gae_lambda": None, "advantage": None,  # targets: before the update
+        "vtrace_rho_clip": None, "vtrace_c_clip": None,
+        "bptt_horizon": None,  # recurrent policies only, which the structural check refuses
+        "update_epochs": None, "num_minibatches": None,  # the minibatch loop is the base's, around the kernel
+        "clip_range": None, "clip_range_vf": None, "clip_vloss": None,  # kernel settings (KernelUpdate)
+        "ent_coef": None, "vf_coef": None, "normalize_advantage": None, "max_grad_norm": None,
+        "target_kl": None,  # PPOModule.kernel_step stops on the kernel's approx_kl, as compute_loss does
+    },
+    "policy": {
+        "distribution": _only("auto", "normal", "categorical", why="they take policy.distribution: normal or categorical"),
+        "actor_hidden": lambda v: None if len(v) else "the actor needs at least one hidden layer",
+        "critic_hidden": lambda v: None if len(v) else "the critic needs at least one hidden layer",
+        "activation": _only("tanh", "relu", why="policy.activation must be tanh or relu"),
+        "shared_trunk": _not(True, "they need separate actor and critic trunks (policy.shared_trunk: false)"),
+        "ortho_init": None, "log_std_init": None,  # initial values only
+        "log_std": _only("state_independent", why="a Gaussian head needs policy.log_std: state_independent"),
+        "encoder": None,  # its settings only matter where an encoder is built, which the structural check refuses
+        "recurrent": lambda v: None if v is None else "they need a feedforward policy (no policy.recurrent)",
+    },
+    # Sub-sections: built only where the structural check (:func:`unsupported`) refuses the kernels anyway.
+    "policy.encoder": dict.fromkeys(("images", "cnn_channels", "cnn_kernels", "cnn_strides", "cnn_features",
+                                     "share")),
+    "policy.recurrent": dict.fromkeys(("kind", "hidden_size", "num_layers", "shared")),
+    "env": {  # the kernels see processed observations and raw actions; the env side is the same for both paths
+        "id": None, "num_envs": None, "backend": None, "kwargs": None, "max_episode_steps": None,
+        "normalize_obs": None, "obs_clip": None, "normalize_reward": None, "reward_clip": None,
+        "action_bounds": None,  # clip, rescale and none are kernel settings (ActingKernel)
+    },
+    "trainer": {
+        "accelerator": _only("cpu", "auto", why="they run on the CPU (trainer.accelerator: cpu)"),
+        "devices": _only(1, why="they run in one process (trainer.devices and trainer.num_nodes: 1)"),
+        "num_nodes": _only(1, why="they run in one process (trainer.devices and trainer.num_nodes: 1)"),
+        "strategy": None,  # one process: Lightning's strategy does not enter the step
+        "compile": _not(True, "trainer.compile compiles the torch path instead"),
+        "kernels": None,  # the switch itself
+        "cuda_graphs": None,  # CUDA only, where the kernels do not run
+        "skip_nonfinite_batches": None,  # PPOModule.kernel_step skips on the kernel's loss and gradient norm
+        "total_timesteps": None, "stop_at_return": None, "seed": None, "name": None, "output_dir": None,
+        "start_timeout": None, "torch_threads": None,  # the run around the step
+    },
+}
+
+
+def unsupported_config(cfg: Any) -> str | None:
+    """Why the kernels cannot run ``cfg`` (any section's field, from :data:`FIELDS`), or None. Only PPO reads the
+    algorithm section's rules (its update kernel); other algorithms use the acting kernel alone."""
+    sections = ("policy", "env", "trainer") + (("algorithm",) if cfg.algorithm.name == "ppo" else ())
+    # (The sub-sections' fields are all None: their rule is their parent's.)
+    for section in sections:
+        values = getattr(cfg, section)
+        for field, rule in FIELDS[section].items():
+            if rule is None:
+                continue
+            value = getattr(values, field)
+            reason = rule(value)
+            if reason is not None:
+                return reason
+    return None
+
 
 def _linears(trunk: nn.Module | None) -> tuple[list[nn.Linear], bool] | str:
     """The linear layers of an MLP trunk and whether its activation is ReLU, or why the kernels cannot run it."""
@@ -46,15 +127,11 @@ def _linears(trunk: nn.Module | None) -> tuple[list[nn.Linear], bool] | str:
 
 
 def unsupported(policy: ActorCritic, trainer: TrainerConfig) -> str | None:
-    """Why the kernels cannot run ``policy`` under ``trainer``, or None if they can."""
+    """Why the kernels cannot run the built ``policy`` (its modules, whatever the config says), or None; the
+    config's fields are :func:`unsupported_config`'s."""
     # Lightning's "auto" takes an accelerator when there is one (CUDA, Apple's MPS): the kernels need the CPU.
-    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available()
-    if trainer.accelerator not in ("cpu", "auto") or (trainer.accelerator == "auto" and accelerated):
+    if trainer.accelerator == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available()):
         return "they run on the CPU (trainer.accelerator: cpu)"
-    if trainer.devices * trainer.num_nodes > 1:
-        return "they run in one process (trainer.devices and trainer.num_nodes: 1)"
-    if trainer.compile is True:
-        return "trainer.compile compiles the torch path instead"
     if policy.encoder is not None or policy.critic_encoder is not None:
         return "they need a flat vector observation (no encoder)"
     if policy.recurrent:
@@ -78,13 +155,15 @@ def unsupported(policy: ActorCritic, trainer: TrainerConfig) -> str | None:
     return None
 
 
-def wanted(policy: ActorCritic, trainer: TrainerConfig, acting: bool = False) -> bool:
-    """Whether to use a kernel under ``trainer.kernels``: ``torch`` never, ``auto`` when the run qualifies, ``numba``
-    always (raising :class:`ConfigError` naming what rules the run out). With ``acting``, the acting kernel, which
-    exists for Gaussian heads only: a categorical policy acts through torch (sampling is not its cost)."""
+def wanted(policy: ActorCritic, cfg: Any, acting: bool = False) -> bool:
+    """Whether to use a kernel under ``trainer.kernels``: ``torch`` never, ``auto`` when the run qualifies (every
+    field of ``cfg`` by :data:`FIELDS`, and the built ``policy``), ``numba`` always (raising :class:`ConfigError`
+    naming what rules the run out). With ``acting``, the acting kernel, which exists for Gaussian heads only: a
+    categorical policy acts through torch (sampling is not its cost)."""
+    trainer = cfg.trainer
     if trainer.kernels == "torch":
         return False
-    reason = unsupported(policy, trainer)
+    reason = unsupported_config(cfg) or unsupported(policy, trainer)
     if reason is not None and trainer.kernels == "numba":
         raise ConfigError(f"config error: trainer.kernels: numba cannot run this policy: {reason} (got 'numba'; "
                           "auto falls back to torch)")
@@ -193,4 +272,4 @@ class KernelUpdate:
         return torch.from_numpy(self._out[: len(self.terms)]).float()
 
 
-__all__ = ["ActingKernel", "KernelUpdate", "unsupported", "wanted"]
+__all__ = ["FIELDS", "ActingKernel", "KernelUpdate", "unsupported", "unsupported_config", "wanted"]

@@ -77,7 +77,7 @@ class PPO(OnPolicyModule):
         self.algo = algo
         self.update_epochs, self.num_minibatches = algo.update_epochs, algo.num_minibatches
         self.automatic_optimization = False  # the base steps each minibatch itself (fused_minibatches)
-        if kernel_update.wanted(self.policy, self.cfg.trainer):  # trainer.kernels
+        if kernel_update.wanted(self.policy, self.cfg):  # trainer.kernels
             self.update_kernel = kernel_update.KernelUpdate(self.policy, algo)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
