@@ -62,7 +62,8 @@ FIELDS: dict[str, dict[str, Rule | None]] = {
         "target_kl": None,  # PPOModule.kernel_step stops on the kernel's approx_kl, as compute_loss does
     },
     "policy": {
-        "distribution": _only("auto", "normal", "categorical", why="they take policy.distribution: normal or categorical"),
+        "distribution": _only("auto", "normal", "categorical",
+                              why="they take policy.distribution: normal or categorical"),
         "actor_hidden": lambda v: None if len(v) else "the actor needs at least one hidden layer",
         "critic_hidden": lambda v: None if len(v) else "the critic needs at least one hidden layer",
         "activation": _only("tanh", "relu", why="policy.activation must be tanh or relu"),
