@@ -246,3 +246,15 @@ def test_a_killed_worker_s_trial_runs_again_from_its_checkpoint(tmp_path, capsys
     final = counted(load_study())
     assert [t.state for t in final] == [TrialState.COMPLETE] * 2
     assert sorted(studies.identity(t) for t in final) in ([0, 1], [0, 2])  # a retry keeps trial 0's number
+
+
+@pytest.mark.parametrize(("sampler", "pruner"), [("random", "hyperband"), ("cmaes", "median")])
+def test_every_sampler_and_pruner_runs_trials(tmp_path, sampler, pruner):
+    config = write(tmp_path / "c.yaml", sweep__sampler=sampler, sweep__pruner=pruner, sweep__trials=2,
+                   logger__enabled=False, trainer__total_timesteps=1024,
+                   sweep__params={"algorithm.learning_rate": {"low": 1.0e-4, "high": 3.0e-3, "log": True},
+                                  "algorithm.clip_range": {"low": 0.1, "high": 0.3}})
+    assert main(["sweep", "--config", str(config)]) == 0
+    trials = counted(load_study())
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [t.user_attrs for t in trials]
+    assert len({t.params["algorithm.clip_range"] for t in trials}) == 2

@@ -103,7 +103,7 @@ class SweepConfig(BaseModel):
     pruner: Literal["median", "hyperband", "none"] = "median"
     """Stop unpromising trials early: ``median`` (MedianPruner: below the median of the finished trials at the same
     env step, once 5 trials have finished and past ``prune_warmup``), ``hyperband`` (HyperbandPruner over the run's
-    env steps) or ``none``."""
+    env steps, from a ninth of the run to all of it, in three brackets) or ``none``."""
     prune_warmup: float = Field(0.1, ge=0.0, lt=1.0)
     """The fraction of ``trainer.total_timesteps`` in which the median pruner stops no trial (Optuna's
     ``n_warmup_steps``). RL Zoo's setting with its 5 evaluations per trial prunes from the first one, as 0.1 does

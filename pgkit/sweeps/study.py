@@ -126,7 +126,9 @@ def _pruner(sweep: SweepConfig, total_steps: int) -> Any:
         # As RL Zoo: judge nothing before 5 trials have finished.
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=int(total_steps * sweep.prune_warmup))
     if sweep.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource="auto", max_resource=total_steps, reduction_factor=3)
+        # Three brackets: a ninth, a third and all of the run (Optuna's "auto" needs both ends automatic).
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, total_steps // 9), max_resource=total_steps,
+                                              reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
