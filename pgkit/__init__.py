@@ -37,12 +37,13 @@ def fit(
     config: str | _Path | _Mapping[str, _Any] | _Any,
     overrides: _Mapping[str, _Any] | _Sequence[str] | None = None,
     resume: str | _Path | None = None,
+    callbacks: _Sequence[_Any] | None = None,
 ) -> _Any:
-    """Train a config (YAML path, mapping or config object) with ``overrides`` and return its ``FitResult``; see
-    :func:`pgkit.api.fit`. Imported lazily, so ``import pgkit`` stays light."""
+    """Train a config (YAML path, mapping or config object) with ``overrides`` (and Lightning ``callbacks``) and
+    return its ``FitResult``; see :func:`pgkit.api.fit`. Imported lazily, so ``import pgkit`` stays light."""
     from pgkit.api import fit as _fit
 
-    return _fit(config, overrides, resume)
+    return _fit(config, overrides, resume, callbacks)
 
 
 def load(checkpoint: str | _Path) -> _Any:

@@ -118,8 +118,11 @@ def fit(
     """Train a config (a YAML path, a mapping or a config object) and return its
     :class:`~pgkit.training.FitResult`: the output folder, the last and best checkpoints, the MLflow run id, and
     the training episodes' returns. ``resume`` continues the run saved in that checkpoint. ``callbacks`` are
-    Lightning callbacks, run after pgkit's own: each iteration is a Lightning epoch, and at its end
-    ``pl_module.last_metrics`` holds what the iteration logged (its evaluation included)."""
+    Lightning callbacks, added after pgkit's own. Each iteration is a Lightning epoch; the module computes the
+    iteration's metrics (its evaluation included) in its own ``on_train_epoch_end`` and keeps them in
+    ``pl_module.last_metrics``. Lightning calls a plain callback's ``on_train_epoch_end`` before the module's (it
+    still sees the previous iteration's metrics there) and a ``lightning.pytorch.callbacks.Checkpoint`` subclass's
+    after it, as ``pgkit sweep``'s reporter is."""
     from pgkit.training import fit as train
 
     cfg = load_config_like(config, overrides)

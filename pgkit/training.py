@@ -115,8 +115,8 @@ def make_logger(cfg: ExperimentConfig, run_id: str | None) -> Logger | None:
 def fit(cfg: ExperimentConfig, resume: str | Path | None = None,
         loaded: LoadedCheckpoint | None = None, callbacks: list[L.Callback] | None = None) -> FitResult:
     """Train ``cfg`` to completion (or continue the run saved in ``resume``; ``loaded`` is that checkpoint when the
-    caller has read it already), with the user's Lightning ``callbacks`` beside pgkit's own (after them, so they
-    see each iteration's metrics, evaluation and checkpoint).
+    caller has read it already), with the user's Lightning ``callbacks`` after pgkit's own (see
+    :func:`pgkit.api.fit` for when they see an iteration's metrics).
 
     A new run never writes over an earlier run's checkpoints, and two runs never share a folder
     (:func:`pgkit.outputs.resolve_output_dir`): the returned :class:`FitResult` says which folder it used.

@@ -132,3 +132,31 @@ def test_predict_carries_recurrent_state_and_resets_it_at_episode_starts():
     batch = np.stack([obs, obs, obs])
     actions, batch_state = agent.predict(batch, state=None, episode_start=np.array([True, False, True]))
     assert actions.shape == (3,) and batch_state.shape[0] == 3
+
+
+def test_fit_takes_lightning_callbacks_that_see_each_iteration():
+    import lightning as L
+    from lightning.pytorch.callbacks import Checkpoint
+
+    import pgkit
+
+    class Seen(L.Callback):
+        def __init__(self) -> None:
+            self.metrics: list[dict] = []
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.metrics.append(dict(pl_module.last_metrics))
+
+    class SeenAfter(Seen, Checkpoint):  # Lightning runs Checkpoint subclasses after the module's own epoch end
+        pass
+
+    before, after = Seen(), SeenAfter()
+    result = pgkit.fit({"algorithm": {"name": "ppo", "num_steps": 64, "num_minibatches": 2, "update_epochs": 1},
+                        "env": {"id": "CartPole-v1", "num_envs": 4}, "trainer": {"total_timesteps": 768},
+                        "eval": {"every_n_iterations": 3, "episodes": 2}, "logger": {"enabled": False}},
+                       callbacks=[before, after])
+    assert result.env_steps == 768 and len(before.metrics) == len(after.metrics) == 3
+    # A Checkpoint subclass sees the iteration just finished, its evaluation included; a plain callback's epoch end
+    # comes before the module's, when last_metrics still holds the previous iteration's.
+    assert "eval/mean_return" in after.metrics[-1] and "eval/mean_return" not in after.metrics[0]
+    assert before.metrics[1:] == after.metrics[:-1] and before.metrics[0] == {}
