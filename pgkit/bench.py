@@ -285,12 +285,10 @@ def run_suite(
     tracking_uri: str | None = None,
     log=print,
     report_only: bool = False,
-    storage: str | None = None,
 ) -> BenchSummary:
     """Run the missing runs of a suite in parallel, then write the reports from all its finished runs in the
-    output directory (``report_only``: write the reports and run nothing). With ``storage`` (an Optuna storage URL),
-    the runs are shared with every machine that runs the same suite against it, and the reports come from the
-    results stored there (:mod:`pgkit.bench_shared`)."""
+    output directory (``report_only``: write the reports and run nothing). Runs shared by machines through a
+    storage are :func:`pgkit.bench_shared.run_suite_shared`'s."""
     suite_path = Path(suite_path)
     suite = load_suite(suite_path)
     if seeds is not None and seeds < 1:
@@ -299,8 +297,6 @@ def run_suite(
         raise UserError(f"bench error: --workers: must be at least 1 (got {workers})")
     out = Path(output) if output else Path("bench") / suite.name
     specs = plan_runs(suite, suite_path, out, algorithms, envs, seeds, tracking_uri)
-    if storage is not None:
-        return _run_shared(suite, specs, out, storage, workers, log, report_only)
     todo = [] if report_only else [s for s in specs if not result_path(s).exists()]
     skipped = len(specs) - len(todo) if not report_only else len(specs)
     out.mkdir(parents=True, exist_ok=True)
@@ -329,28 +325,6 @@ def run_suite(
     write_reports(suite, finished_records(suite, out), out)
     log(f"wrote {out / 'results.csv'}, {out / 'results.md'} and learning curves")
     return BenchSummary(ran=len(todo) - len(failed), skipped=skipped, failed=failed, output=out)
-
-
-def _run_shared(suite: SuiteConfig, specs: list[RunSpec], out: Path, storage: str, workers: int | None, log,
-                report_only: bool) -> BenchSummary:
-    from pgkit import bench_shared
-    from pgkit.sweeps.study import absolute_storage
-
-    url = absolute_storage(storage)
-    stopped = 0
-    out.mkdir(parents=True, exist_ok=True)
-    if not report_only:
-        workers = min(workers or os.cpu_count() or 1, len(specs))
-        log(f"bench {suite.name}: {len(specs)} runs shared through {bench_shared.studies.masked(url)}, {workers} "
-            f"workers here, output {out}")
-        prepare_tracking(specs)
-        stopped = bench_shared.run_shared(url, suite.name, specs, workers, log)
-    records = [r for r in bench_shared.shared_records(url, suite.name)
-               if r["algorithm"] in suite.algorithms and r["env"] in suite.envs]
-    write_reports(suite, records, out)
-    log(f"wrote {out / 'results.csv'}, {out / 'results.md'} and learning curves from {len(records)} finished runs")
-    failed = bench_shared.failed_cells(url, suite.name)
-    return BenchSummary(ran=len(records), skipped=0, failed=failed, output=out, stopped=stopped)
 
 
 __all__ = ["BenchSummary", "SuiteConfig", "load_suite", "plan_runs", "run_suite", "write_reports"]

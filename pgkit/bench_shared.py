@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from pgkit.errors import UserError
@@ -157,4 +158,37 @@ def failed_cells(url: str, suite_name: str) -> list[str]:
             if t.state == TrialState.FAIL and CELL in t.user_attrs]
 
 
-__all__ = ["failed_cells", "open_suite_study", "run_shared", "shared_records", "work"]
+def run_suite_shared(suite_path: str | Path, storage: str, output: str | Path | None = None,
+                     algorithms: str | None = None, envs: str | None = None, seeds: int | None = None,
+                     workers: int | None = None, tracking_uri: str | None = None, log: Any = print,
+                     report_only: bool = False) -> Any:
+    """``pgkit bench --storage``: plan the suite as :func:`pgkit.bench.run_suite` does, run this machine's share of
+    its runs (none with ``report_only``), and write the reports from every result in the storage."""
+    from pgkit.bench import BenchSummary, load_suite, plan_runs, prepare_tracking, write_reports
+
+    suite_path = Path(suite_path)
+    suite = load_suite(suite_path)
+    if seeds is not None and seeds < 1:
+        raise UserError(f"bench error: --seeds: must be at least 1 (got {seeds})")
+    if workers is not None and workers < 1:
+        raise UserError(f"bench error: --workers: must be at least 1 (got {workers})")
+    out = Path(output) if output else Path("bench") / suite.name
+    specs = plan_runs(suite, suite_path, out, algorithms, envs, seeds, tracking_uri)
+    url = studies.absolute_storage(storage)
+    stopped = 0
+    out.mkdir(parents=True, exist_ok=True)
+    if not report_only:
+        workers = min(workers or os.cpu_count() or 1, len(specs))
+        log(f"bench {suite.name}: {len(specs)} runs shared through {studies.masked(url)}, {workers} workers here, "
+            f"output {out}")
+        prepare_tracking(specs)
+        stopped = run_shared(url, suite.name, specs, workers, log)
+    records = [r for r in shared_records(url, suite.name) if r["algorithm"] in suite.algorithms
+               and r["env"] in suite.envs]
+    write_reports(suite, records, out)
+    log(f"wrote {out / 'results.csv'}, {out / 'results.md'} and learning curves from {len(records)} finished runs")
+    return BenchSummary(ran=len(records), skipped=0, failed=failed_cells(url, suite.name), output=out,
+                        stopped=stopped)
+
+
+__all__ = ["failed_cells", "open_suite_study", "run_shared", "run_suite_shared", "shared_records", "work"]

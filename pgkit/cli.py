@@ -220,14 +220,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from pgkit.bench import run_suite
+    from pgkit.bench_shared import run_suite_shared
 
-    summary = run_suite(
-        args.suite, args.output, args.algorithms, args.envs, args.seeds, args.workers, args.tracking_uri,
-        report_only=args.report, storage=args.storage,
-    )
+    selection = (args.output, args.algorithms, args.envs, args.seeds, args.workers, args.tracking_uri)
+    summary = (run_suite_shared(args.suite, args.storage, *selection, report_only=args.report) if args.storage
+               else run_suite(args.suite, *selection, report_only=args.report))
     if summary.stopped:
-        print(f"pgkit bench: stopped; the interrupted runs are queued again for the next `pgkit bench` on "
-              f"{args.storage}", file=sys.stderr)
+        print(f"pgkit bench: stopped; its interrupted runs are queued again in {args.storage}", file=sys.stderr)
         return summary.stopped
     if summary.failed:
         print(f"pgkit bench: {len(summary.failed)} runs failed: {', '.join(summary.failed)}", file=sys.stderr)

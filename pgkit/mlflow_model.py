@@ -30,7 +30,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     """``predict(observations) -> actions`` of a pgkit checkpoint (deterministic, normalisation inside)."""
 
     def load_context(self, context: Any) -> None:
-        from pgkit.api import load
+        from pgkit.agent import load
 
         self.agent = load(context.artifacts["checkpoint"])
 

@@ -222,6 +222,8 @@ class TextPPOConfig(TextAlgorithmBase):
 
 TextAlgorithmConfig = Annotated[TextGRPOConfig | TextRLOOConfig | TextPPOConfig, Field(discriminator="name")]
 #: Text algorithm configs by name.
+#: The LightningModule of every language-model algorithm.
+MODULE = "pgkit.llm.module:LanguageModule"
 TEXT_ALGORITHMS: dict[str, type[BaseModel]] = {"grpo": TextGRPOConfig, "rloo": TextRLOOConfig, "ppo": TextPPOConfig}
 
 
@@ -317,10 +319,12 @@ class LanguageExperimentConfig(BaseModel):
         return max(1, self.trainer.total_timesteps // (self.batch_size * world))
 
     def init(self):
-        """Build the LightningModule for this config."""
-        from pgkit.llm.module import LanguageModule
+        """Build the LightningModule for this config (named by :data:`MODULE`, as the gymnasium algorithms' modules
+        are named in :data:`pgkit.config.ALGORITHMS`: the configs import no module)."""
+        import importlib
 
-        return LanguageModule(self.model_dump(mode="json"))
+        module_name, class_name = MODULE.split(":")
+        return getattr(importlib.import_module(module_name), class_name)(self.model_dump(mode="json"))
 
 
 __all__ = ["TEXT_ALGORITHMS", "LanguageExperimentConfig"]

@@ -6,7 +6,15 @@ The stateset-rl-core API (``compute_gae``, ``batch_compute_gae``, ``compute_grou
 The trainers call the same functions, or the tensor functions those are built from.
 """
 
-from pgkit import __version__  # stateset-rl-core exports its version too
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+# stateset-rl-core exports its version too: pgkit's, read here rather than from the `pgkit` package (no circle).
+try:
+    __version__ = _version("pgkit")
+except _PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
 from pgkit.ops.gae import advantages, batch_compute_gae, compute_gae, gae, gae_torchrl
 from pgkit.ops.group import (
     compute_group_advantages,
