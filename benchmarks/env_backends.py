@@ -1,17 +1,17 @@
 """``env.backend`` on this machine: raw vector-env steps per second, then PPO's fast preset, per backend.
 
-Run: ``python benchmarks/env_backends.py`` (about 6 minutes on 2 cores; the envpool columns need
-``pip install envpool``, and are left out without it).
+Run: ``python benchmarks/env_backends.py`` (about 5 minutes on 2 cores). The envpool columns of the figures in
+docs/benchmarks.md came from this script with envpool's wrapper, which left the tree with the rejected design
+(``git show 6c5011b:benchmarks/envpool_vector.py``).
 
 1. Random actions through ``make_vec_env`` (what training steps), HalfCheetah-v5, 8, 16 and 32 sub-envs, backends
    ``sync``, ``async`` (gymnasium's AsyncVectorEnv, one process per sub-env) and ``split`` (two halves at once, one
-   in a worker process), and envpool's thread pool (:mod:`envpool_vector`, one thread per core); 2000 vector steps
+   in a worker process); 2000 vector steps
    (``throughput.raw_env_sps``), median of 3. Then the cost of the round trip: 2 sub-envs of CartPole (a step of
    a few microseconds) and of HalfCheetah, sync against split.
-2. ``pgkit fit --config configs/ppo-fast.yaml`` with ``env.backend`` sync and split, and with envpool stepping
-   (:func:`envpool_vector.install`), 163840 steps, no evaluation or tracking, each in a fresh process, alternating
-   ``--repeats`` times; SPS is the run's own figure (env steps over training time). sync and split give the same
-   training numbers (same seeds, same sub-env order); envpool's episodes start from its own reset noise.
+2. ``pgkit fit --config configs/ppo-fast.yaml`` with ``env.backend`` sync and split, 163840 steps, no evaluation or
+   tracking, each in a fresh process, alternating ``--repeats`` times; SPS is the run's own figure (env steps over
+   training time). sync and split give the same training numbers (same seeds, same sub-env order).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import envpool_vector
 import numpy as np
 from throughput import raw_env_sps
 
@@ -32,13 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def fit_sps(backend: str, steps: int) -> float:
-    """The training SPS ``pgkit fit`` reports for the fast preset with ``backend`` (an ``env.backend``, or
-    ``envpool``)."""
+    """The training SPS ``pgkit fit`` reports for the fast preset with ``backend`` (an ``env.backend``)."""
     command = [sys.executable, "-m", "pgkit"]
-    if backend == "envpool":  # pgkit's CLI with the sync backend replaced by envpool_vector's
-        command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
-                   "import envpool_vector; envpool_vector.install(); from pgkit.cli import main; sys.exit(main())"]
-        backend = "sync"
     with tempfile.TemporaryDirectory() as out:
         proc = subprocess.run(
             [*command, "fit", "--config", str(ROOT / "configs" / "ppo-fast.yaml"),
@@ -55,17 +49,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=163840)
     args = parser.parse_args()
-    backends = ["sync", "async", "split", *(["envpool"] if envpool_vector.available() else [])]
+    backends = ["sync", "async", "split"]
     print(f"# {platform.processor() or platform.machine()}, HalfCheetah-v5")
-    print(f"| sub-envs | {' | '.join(f'{b} SPS' for b in backends)} | split / sync |"
-          + (" envpool / split |" if "envpool" in backends else ""))
-    print("|---:|" + "---:|" * (len(backends) + 1 + ("envpool" in backends)))
+    print(f"| sub-envs | {' | '.join(f'{b} SPS' for b in backends)} | split / sync |")
+    print("|---:|" + "---:|" * (len(backends) + 1))
     for n in (8, 16, 32):
         sps = {b: float(np.median([raw_env_sps("HalfCheetah-v5", n, b, 2000 * n) for _ in range(3)]))
                for b in backends}
         row = [f"{sps[b]:.0f}" for b in backends] + [f"{sps['split'] / sps['sync']:.2f}x"]
-        if "envpool" in sps:
-            row.append(f"{sps['envpool'] / sps['split']:.2f}x")
         print(f"| {n} | {' | '.join(row)} |", flush=True)
     print("\nThe round trip to the worker: microseconds per vector step of 2 sub-envs, median of 3")
     for env_id in ("CartPole-v1", "HalfCheetah-v5"):

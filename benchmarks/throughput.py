@@ -33,15 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def raw_env_sps(env_id: str, num_envs: int, vectorization: str, steps: int) -> float:
     """Steps per second of the vector env alone, with actions sampled in advance (``vectorization`` is an
-    ``env.backend``, or ``envpool``: :mod:`envpool_vector`)."""
+    ``env.backend``)."""
     from pgkit.environments import make_vec_env
 
-    if vectorization == "envpool":
-        import envpool_vector
-
-        envs = envpool_vector.make(env_id, num_envs)
-    else:
-        envs = make_vec_env(env_id, num_envs, vectorization)
+    envs = make_vec_env(env_id, num_envs, vectorization)
     envs.reset(seed=0)
     envs.action_space.seed(0)
     actions = [envs.action_space.sample() for _ in range(256)]
