@@ -12,11 +12,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from paths import ROOT
 
 import pgkit
 from pgkit.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"logger.enabled": False, "eval.every_n_iterations": 0}
 
 

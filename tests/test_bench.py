@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from paths import ROOT
 
 from pgkit.bench import SuiteConfig, last_mean, time_to_score
 from pgkit.bench_report import LAST_EPISODES, aggregate, curve_on_grid, results_markdown, write_reports
 from pgkit.bench_stats import Interval, iqm_interval
 from pgkit.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "suites" / "smoke.yaml"
 
 

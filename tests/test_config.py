@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from paths import CONFIGS
 
 from pgkit.cli import main
 from pgkit.config_loading import load_config
@@ -233,9 +234,8 @@ def test_validate_checks_several_files_and_reports_each(tmp_path, capsys):
 
 def test_validating_a_config_imports_neither_lightning_nor_tensordict():
     # `pgkit validate`, `schema` and `list` answer in about 2 s because the configs stand apart from the modules.
-    from pathlib import Path
 
-    configs = Path(__file__).resolve().parent.parent / "configs"
+    configs = CONFIGS
     code = (
         "import sys\n"
         "from pgkit.config_loading import load_config\n"

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import torch
 from mlflow import MlflowClient
+from paths import ROOT
 
 from pgkit.checkpoints import load_checkpoint
 from pgkit.environments import RunningMeanStd
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_two_cpu_processes_train_one_run(tmp_path):

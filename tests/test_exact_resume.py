@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from paths import ROOT
 
 from pgkit.algorithms.base import OnPolicyModule
 from pgkit.checkpoints import load_checkpoint
 from pgkit.config_loading import load_config
 from pgkit.training import fit
-
-ROOT = Path(__file__).resolve().parent.parent
 
 CASES = {
     "ppo-pendulum": (

@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pgkit"
+from paths import ROOT
+
+PACKAGE = ROOT / "pgkit"
 
 
 def _modules() -> dict[str, Path]:

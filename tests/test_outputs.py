@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+from paths import CONFIGS
 
 from pgkit.checkpoints import load_checkpoint
 from pgkit.cli import main
@@ -83,7 +84,7 @@ def test_a_resumed_run_continues_in_its_own_versioned_folder(capsys):
 
 
 def test_presets_sharing_an_algorithm_and_env_have_their_own_folders(capsys):
-    root = Path(__file__).resolve().parent.parent / "configs"
+    root = CONFIGS
     folders = {}
     for preset in ["ppo", "ppo-fast", "grpo", "grpo-stable", "grpo-exploration", "gspo"]:
         code, out, _ = run(capsys, "validate", "--config", str(root / f"{preset}.yaml"))

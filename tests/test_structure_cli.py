@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from paths import ROOT
 
 from pgkit.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
 
 TINY_RECURRENT = {
     "env": {"id": "pgkit/CartPoleNoVel-v1", "num_envs": 4, "normalize_reward": False},

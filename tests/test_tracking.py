@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+from paths import ROOT
 
 import pgkit.tracking
 from pgkit.checkpoints import load_checkpoint
 from pgkit.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:

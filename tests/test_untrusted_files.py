@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from paths import ROOT
 
 import pgkit
 from pgkit.cli import main
@@ -131,7 +132,7 @@ def test_registered_ids_name_no_code_and_work_from_any_checkpoint(trained, capsy
 
 def test_a_language_model_checkpoint_naming_rewards_tasks_or_envs_is_refused(tmp_path, capsys):
     pytest.importorskip("transformers")
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     config = yaml.safe_load((root / "configs" / "llm-grpo.yaml").read_text())
     config["trainer"] = {"total_timesteps": 64, "output_dir": "llm"}
     config["logger"] = {"enabled": False}

@@ -46,7 +46,7 @@ def _not(value: Any, why: str) -> Rule:
 
 #: Every field of the sections a run with kernels reads, and what the kernels do with it: ``None`` when any value
 #: runs on the kernel path as on the torch path (each comment says why), else a :data:`Rule` refusing the values the
-#: kernels do not implement. :func:`unsupported_config` walks this table, and ``tests/test_kernel_fields.py`` fails
+#: kernels do not implement. :func:`unsupported_config` walks this table, and ``tests/algorithms/test_kernel_fields.py`` fails
 #: for a field of these configs that is missing here, so an option added later is never silently ignored by the
 #: kernels: it must be declared supported (and implemented) or refused.
 FIELDS: dict[str, dict[str, Rule | None]] = {

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from paths import ROOT
 
 from pgkit.environments.make import make_vec_env
 
@@ -172,7 +171,7 @@ def test_training_with_split_gives_syncs_numbers(tmp_path, config, overrides):
     from pgkit.config_loading import load_config
     from pgkit.training import fit
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     results = {}
     for backend in ("sync", "split"):
         cfg = load_config(root / "configs" / config, [

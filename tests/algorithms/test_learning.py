@@ -3,15 +3,14 @@
 Thresholds are on the mean return of the last 20 training episodes. Each run takes 15-45 s on 2 CPU cores.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import CONFIGS
 
 from pgkit.config_loading import load_config
 from pgkit.training import fit
 
-CONFIGS = Path(__file__).parent.parent / "configs"
 QUIET = ["logger.enabled=false", "eval.every_n_iterations=0"]
 CARTPOLE = ["env.id=CartPole-v1", "env.normalize_obs=false", "env.normalize_reward=false"]
 

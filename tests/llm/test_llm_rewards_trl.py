@@ -13,12 +13,13 @@ import yaml
 
 pytest.importorskip("transformers")
 
+from paths import ROOT
+
 from pgkit.cli import main
 from pgkit.errors import ConfigError, TrainingError
 from pgkit.llm.config import RewardConfig
 from pgkit.llm.rewards import RewardFunctions, compute_scores
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["What is 1 + 1?", "What is 2 + 2?", "Say a", "Say b"]
 COMPLETIONS = ["2", "5", "a", "c"]
 

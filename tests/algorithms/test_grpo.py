@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from paths import CONFIGS
 
 from pgkit.algorithms.grpo import adapt_beta, aggregate, grpo_loss
 from pgkit.config_loading import load_config
@@ -17,7 +17,6 @@ from pgkit.evaluation import restore_agent
 from pgkit.ops import pareto_scores, relative_scores
 from pgkit.training import fit
 
-CONFIGS = Path(__file__).parent.parent / "configs"
 QUIET = ["logger.enabled=false", "eval.every_n_iterations=0"]
 MASK = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])  # episode 0 lasts 3 steps, episode 1 lasts 2
 

@@ -12,9 +12,10 @@ import yaml
 
 pytest.importorskip("transformers")
 
+from paths import ROOT
+
 from pgkit.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE = yaml.safe_load((ROOT / "configs" / "llm-grpo.yaml").read_text())
 
 

@@ -3,16 +3,14 @@ without a GPU) compiled training with CUDA graphs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from paths import ROOT
 
 from pgkit.algorithms.base import OnPolicyModule
 from pgkit.config_loading import load_config
 from pgkit.training import fit
 
-ROOT = Path(__file__).resolve().parent.parent
 QUIET = ["logger.enabled=false", "eval.every_n_iterations=0", "checkpoint.save_best=false"]
 SMALL = [
     "env.id=Pendulum-v1",

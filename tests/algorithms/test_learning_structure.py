@@ -4,10 +4,9 @@ on deterministic evaluation returns of the final policy (and on training returns
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from paths import CONFIGS
 
 from pgkit.config_loading import load_config
 from pgkit.evaluation import evaluate, restore_agent
@@ -15,7 +14,6 @@ from pgkit.training import fit
 
 pytestmark = pytest.mark.learning
 
-CONFIGS = Path(__file__).parent.parent / "configs"
 QUIET = ["logger.enabled=false", "eval.every_n_iterations=0"]
 SMALL_PPO = ["env.num_envs=8", "algorithm.num_steps=128", "algorithm.num_minibatches=4", "algorithm.update_epochs=4",
              "algorithm.learning_rate=1e-3", "algorithm.ent_coef=0.01", "env.normalize_reward=false"]

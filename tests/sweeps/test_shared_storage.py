@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from paths import CONFIGS
 from postgres_server import bindir, postgres_server
 
 from pgkit.sweeps import study as studies
@@ -67,7 +68,7 @@ def test_two_machines_finish_one_study_together(tmp_path, postgres):
 
 def test_two_machines_share_a_suite_and_a_third_reports_it(tmp_path, postgres):
     suite = tmp_path / "suite.yaml"
-    config = Path(__file__).parents[1] / "configs" / "ppo-cartpole.yaml"
+    config = CONFIGS / "ppo-cartpole.yaml"
     suite.write_text(yaml.safe_dump({
         "name": "tiny", "total_timesteps": 1024, "seeds": 3, "eval_episodes": 2, "envs": ["CartPole-v1"],
         "algorithms": {"ppo": {"config": str(config), "overrides": {"eval.every_n_iterations": 0}}},
