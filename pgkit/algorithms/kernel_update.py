@@ -46,9 +46,9 @@ def _not(value: Any, why: str) -> Rule:
 
 #: Every field of the sections a run with kernels reads, and what the kernels do with it: ``None`` when any value
 #: runs on the kernel path as on the torch path (each comment says why), else a :data:`Rule` refusing the values the
-#: kernels do not implement. :func:`unsupported_config` walks this table, and ``tests/algorithms/test_kernel_fields.py`` fails
-#: for a field of these configs that is missing here, so an option added later is never silently ignored by the
-#: kernels: it must be declared supported (and implemented) or refused.
+#: kernels do not implement. :func:`unsupported_config` walks this table, and
+#: ``tests/algorithms/test_kernel_fields.py`` fails for a field of these configs that is missing here, so an option
+#: added later is never silently ignored by the kernels: it must be declared supported (and implemented) or refused.
 FIELDS: dict[str, dict[str, Rule | None]] = {
     "algorithm": {  # PPOConfig: the update kernel is PPO's; the acting kernel reads no algorithm field
         "name": None,  # the update kernel is taken by PPO only (PPOModule); other algorithms act through it only

@@ -10,8 +10,8 @@ every parameter by the chain rule, and the global-norm clip of ``torch.nn.utils.
 then steps on the gradients written here (:class:`pgkit.algorithms.adam.Adam`: torch's Adam, with its CPU step as one
 compiled loop). :func:`act_mlp_normal` is the acting step of the same networks with a Gaussian head.
 
-Everything is checked against autograd on the module path (``tests/algorithms/test_mlp_kernels.py``): the loss terms and each
-gradient to float32 rounding, for both activations, both heads, each value-clipping mode and the entropy term.
+Everything is checked against autograd on the module path (``tests/algorithms/test_mlp_kernels.py``): the loss terms
+and each gradient to float32 rounding, for both activations, both heads, each value-clipping mode and the entropy term.
 
 Layouts follow torch's: a linear layer's weight is ``[out, in]`` and its bias ``[out]``; rows are minibatch rows.
 Sums are reordered for vector instructions (fastmath ``reassoc``, which changes float32 results by rounding only);
