@@ -77,13 +77,20 @@ def text_loss(algo: Any, batch: dict[str, Tensor], beta: float, max_length: int,
         weight = batch["advantage"].unsqueeze(1).expand_as(log_prob)
         terms = reinforce_loss(log_prob, weight, mask, entropy)
         terms["loss"] = terms["loss_policy"] + algo.ent_coef * terms["loss_entropy"]
-        terms["entropy"] = -terms.pop("loss_entropy").detach()
-        return terms
+        return _as_logged(terms)
     terms = ppo_loss(log_prob, batch["old_log_prob"], batch["advantage"], batch["value"], batch["old_value"],
                      batch["return"], entropy, algo.clip_range, algo.cliprange_value, "max", mask=mask)
     terms["loss"] = terms["loss_policy"] + algo.vf_coef * terms["loss_value"] + algo.ent_coef * terms["loss_entropy"]
-    terms["entropy"] = -terms.pop("loss_entropy").detach()
-    return terms
+    return _as_logged(terms)
+
+
+def _as_logged(terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The loss functions' terms under the names the gymnasium modules log them by (``train/policy_loss``,
+    ``train/value_loss``, ``train/entropy``), so one metric means one thing in both worlds."""
+    renamed = {"loss_policy": "policy_loss", "loss_value": "value_loss"}
+    out = {renamed.get(k, k): v for k, v in terms.items() if k != "loss_entropy"}
+    out["entropy"] = -terms["loss_entropy"].detach()
+    return out
 
 
 __all__ = ["sequence_advantages", "text_loss", "token_targets"]

@@ -209,3 +209,21 @@ def test_grpo_loss_equals_trl(loss_type, level, beta):
                             "entropy": torch.zeros_like(log_prob), "advantage": advantage}, beta, length,
                      float(mask.sum()))
     torch.testing.assert_close(ours["loss"], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ppo", "rloo"])
+def test_text_losses_log_the_gymnasium_names(name):
+    # The same term logs under one name in both worlds: train/policy_loss, train/value_loss, train/entropy.
+    rows, length = 3, 4
+    log_prob = -torch.rand(rows, length, dtype=torch.float64)
+    mask = torch.ones(rows, length, dtype=torch.float64)
+    algo = types.SimpleNamespace(name=name, ent_coef=0.01, vf_coef=0.5, clip_range=0.2, cliprange_value=0.2)
+    batch = {"log_prob": log_prob, "old_log_prob": log_prob.detach(), "mask": mask, "entropy": torch.ones_like(mask),
+             "advantage": torch.randn(rows) if name == "rloo" else torch.randn(rows, length, dtype=torch.float64),
+             "value": torch.zeros_like(mask), "old_value": torch.zeros_like(mask), "return": torch.ones_like(mask)}
+    terms = text_loss(algo, batch, 0.0, length, float(mask.sum()))
+    gymnasium_ppo = {"loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"}  # PPOModule's
+    assert set(terms) == (gymnasium_ppo if name == "ppo" else {"loss", "policy_loss", "entropy"})
+    assert float(terms["entropy"]) == pytest.approx(1.0)
+    if name == "ppo":
+        assert float(terms["value_loss"]) == pytest.approx(0.5)  # 0.5 mean((0 - 1)^2)
