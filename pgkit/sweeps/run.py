@@ -171,6 +171,9 @@ def _worker(index: int, read_fd: int, config: str | None, overrides: list[str], 
     try:
         os.setsid()  # a terminal's Ctrl-C reaches the command only, which passes it on once (see _wait)
         os.environ["TQDM_DISABLE"] = "1"  # K progress bars on one terminal read as noise; trials print a line each
+        for stream in (sys.stdout, sys.stderr):  # whole lines, so the workers' lines never interleave mid-line
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(line_buffering=True)
         message = os.read(read_fd, 4096).decode()
         if not message.startswith("go "):
             code = 0  # the command found bad input and said so
