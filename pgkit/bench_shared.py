@@ -11,9 +11,11 @@ writes the reports from the results in the storage.
 
 from __future__ import annotations
 
+import concurrent.futures as futures
 import multiprocessing
 import os
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +114,14 @@ def work(url: str, suite_name: str, specs: list[Any], log: Any = print) -> int:
 
 
 def _worker_main(url: str, suite_name: str, specs: list[Any]) -> int:
-    return work(url, suite_name, specs)
+    from pgkit.errors import Terminated
+
+    try:
+        return work(url, suite_name, specs)
+    except KeyboardInterrupt:  # between runs: nothing to save
+        return 130
+    except Terminated:
+        return 143
 
 
 def run_shared(url: str, suite_name: str, specs: list[Any], workers: int, log: Any = print) -> int:
@@ -121,15 +130,19 @@ def run_shared(url: str, suite_name: str, specs: list[Any], workers: int, log: A
     open_suite_study(url, suite_name, names, log)  # created (and queued) once, before the workers start
     if workers == 1:
         return work(url, suite_name, specs, log)
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers) as pool:
-        jobs = [pool.apply_async(_worker_main, (url, suite_name, specs)) for _ in range(workers)]
-        codes = []
+    # Not daemonic (a Pool's are), so a run may start processes of its own (env.backend: split or async); a worker
+    # that dies breaks the pool, which then says so instead of waiting for it forever.
+    codes = []
+    with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_worker_main, url, suite_name, specs) for _ in range(workers)]
         for job in jobs:
             try:
-                codes.append(job.get())
+                codes.append(job.result())
             except KeyboardInterrupt:
                 codes.append(130)
+            except BrokenProcessPool:
+                log(f"bench {suite_name}: a worker process died; its run is queued again once its heartbeats stop")
+                codes.append(1)
     bad = [c for c in codes if c]
     return bad[0] if bad else 0
 

@@ -20,6 +20,7 @@ from pgkit.errors import ConfigError
 QUIET = {"logger.enabled": False, "eval.every_n_iterations": 0}
 
 
+@pytest.mark.slow
 def test_fit_from_a_path_with_overrides_then_predict_single_and_batch():
     result = pgkit.fit(ROOT / "configs" / "ppo-cartpole.yaml",
                        overrides={"trainer.total_timesteps": 80_000, "trainer.output_dir": "run", **QUIET})
@@ -48,6 +49,7 @@ def test_fit_from_a_path_with_overrides_then_predict_single_and_batch():
     assert np.mean(totals) >= 200, totals
 
 
+@pytest.mark.slow
 def test_stop_at_return_ends_the_run_at_the_first_iteration_reaching_it(tmp_path):
     from pgkit.bench import time_to_score
 
@@ -91,6 +93,7 @@ def test_fit_raises_the_cli_s_config_error():
         pgkit.fit({"algorithm": {"name": "ppo"}, "env": {"id": "CartPole-v1"}}, overrides={"trainer.sed": 3})
 
 
+@pytest.mark.slow
 def test_fit_leaves_no_global_side_effects():
     import mlflow
 
@@ -134,6 +137,7 @@ def test_predict_carries_recurrent_state_and_resets_it_at_episode_starts():
     assert actions.shape == (3,) and batch_state.shape[0] == 3
 
 
+@pytest.mark.slow
 def test_fit_takes_lightning_callbacks_that_see_each_iteration():
     import lightning as L
     from lightning.pytorch.callbacks import Checkpoint

@@ -94,6 +94,7 @@ def test_aggregate_and_markdown_report_mean_std_over_seeds_beside_references():
     assert "| pgkit ppo (1/3 seeds) | 1510 ± 408 | 310 ± 0 |" in md  # eval table
 
 
+@pytest.mark.slow
 def test_iqm_with_bootstrap_interval_from_three_seeds(tmp_path):
     # IQM of 4 seeds trims one from each end: mean(1500, 2000) = 1750, whatever the outlier at 9000.
     records = [_record("ppo", "A-v0", s, f) for s, f in enumerate([1000.0, 2000.0, 1500.0, 9000.0], 1)]
@@ -149,6 +150,7 @@ def test_suite_errors_exit_2_naming_the_field(tmp_path, capsys):
     assert "algorithm.clip_range" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_smoke_suite_end_to_end_then_skips_finished_runs(tmp_path, capsys):
     out, db = tmp_path / "out", tmp_path / "mlflow.db"
     argv = ["bench", "--suite", str(SMOKE), "--output", str(out), "--tracking-uri", f"sqlite:///{db}", "--workers", "2"]

@@ -80,6 +80,7 @@ def trained(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_fit_writes_mlflow_run_with_metrics_params_artifacts(trained):
     client = MlflowClient(f"sqlite:///{trained['work'] / 'mlflow.db'}")
     run_id = trained["first_ckpt"]["pgkit"]["mlflow_run_id"]
@@ -124,6 +125,7 @@ def test_resume_continues_steps_schedule_normalizer_and_mlflow_run(trained):
     assert lrs == pytest.approx({BATCH: 1e-3, 2 * BATCH: 5e-4, 3 * BATCH: 5e-4, 4 * BATCH: 2.5e-4})
 
 
+@pytest.mark.slow
 def test_eval_records_videos(trained, tmp_path):
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy"}
     proc = subprocess.run(
@@ -149,6 +151,7 @@ def test_eval_records_videos(trained, tmp_path):
     assert len(videos) == 2 and all(v.stat().st_size > 1000 for v in videos)
 
 
+@pytest.mark.slow
 def test_resume_with_incompatible_config_is_bad_input(trained):
     proc = subprocess.run(
         [
@@ -175,6 +178,7 @@ def test_resume_with_incompatible_config_is_bad_input(trained):
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+@pytest.mark.slow
 def test_eval_rejects_missing_truncated_and_foreign_checkpoints(trained, tmp_path, content):
     path = tmp_path / "bad.ckpt"
     if content is not None:
@@ -185,6 +189,7 @@ def test_eval_rejects_missing_truncated_and_foreign_checkpoints(trained, tmp_pat
     assert proc.returncode == 2 and "checkpoint error:" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_eval_rejects_a_truncated_real_checkpoint(trained, tmp_path):
     data = (trained["work"] / "run/checkpoints/last.ckpt").read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])

@@ -192,6 +192,7 @@ def test_list_shows_algorithms_distributions_envs(capsys):
     assert code == 0 and "ppo" in out and "tanh_normal" in out and "HalfCheetah-v5" in out
 
 
+@pytest.mark.slow
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     path = write(tmp_path, BASE)
     proc = subprocess.run(
@@ -232,6 +233,7 @@ def test_validate_checks_several_files_and_reports_each(tmp_path, capsys):
     assert err.strip() == f"{bad}: config error: trainer.sed: unknown key; did you mean 'seed'? (got 3)"
 
 
+@pytest.mark.slow
 def test_validating_a_config_imports_neither_lightning_nor_tensordict():
     # `pgkit validate`, `schema` and `list` answer in about 2 s because the configs stand apart from the modules.
 

@@ -57,6 +57,7 @@ def configs(draw) -> dict:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=configs())
+@pytest.mark.slow
 def test_random_mappings_validate_or_exit_2_with_one_line(data, capsys):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.yaml"

@@ -18,6 +18,8 @@ import yaml
 
 from pgkit.checkpoints import load_checkpoint
 
+pytestmark = pytest.mark.slow  # day-to-day: pytest -m "not slow"
+
 # Iterations of a few milliseconds, a checkpoint every one and an evaluation (best.ckpt) every third: a kill at a
 # random moment often lands while a checkpoint or the MLflow store is being written.
 CONFIG = {

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow import MlflowClient
 from paths import ROOT
@@ -15,6 +16,7 @@ from pgkit.checkpoints import load_checkpoint
 from pgkit.environments import RunningMeanStd
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_one_run(tmp_path):
     db = tmp_path / "mlflow.db"
     cmd = [sys.executable, "-m", "pgkit", "fit", "--config", str(ROOT / "configs" / "ppo.yaml"),
@@ -110,6 +112,7 @@ def _node_config(tmp_path: Path, env_id: str) -> str:
     return str(config)
 
 
+@pytest.mark.slow
 def test_two_torchrun_nodes_with_a_fresh_sqlite_store(tmp_path):
     # Before: both ranks created the new store's schema at once and rank 1 died ("duplicate column name: step").
     (code0, _, err0), (code1, _, err1) = _two_nodes(tmp_path, _node_config(tmp_path, "CartPole-v1"), 29541)
@@ -120,6 +123,7 @@ def test_two_torchrun_nodes_with_a_fresh_sqlite_store(tmp_path):
     assert steps == [256, 512]  # 128 steps on each of 2 nodes per iteration
 
 
+@pytest.mark.slow
 def test_a_failing_rank_brings_the_other_node_down_in_seconds(tmp_path):
     config = _node_config(tmp_path, "envs_for_tests:RankCrashEnv")  # rank 1's env raises at its 21st step
     results = _two_nodes(tmp_path, config, 29542)
@@ -129,6 +133,7 @@ def test_a_failing_rank_brings_the_other_node_down_in_seconds(tmp_path):
     assert abs(t0 - t1) < 30  # not the launcher's 30-minute timeout
 
 
+@pytest.mark.slow
 def test_a_rank_failing_its_checks_before_the_rendezvous_stops_the_other_node(tmp_path):
     # Before: rank 1 exited 2 before init_process_group and rank 0 waited there for the 30-minute group timeout.
     config = _node_config(tmp_path, "envs_for_tests:RankMissingEnv")  # rank 1 cannot make the env
@@ -167,6 +172,7 @@ def _lightning_nodes(tmp_path: Path, configs: list[str], port: int) -> list[tupl
     return results
 
 
+@pytest.mark.slow
 def test_lightning_s_launcher_across_nodes_trains_and_a_node_failing_its_config_stops_the_other(tmp_path):
     # Before: the node whose config check exited 2 left the other in init_process_group for 30 minutes.
     good = _node_config(tmp_path, "CartPole-v1")

@@ -57,6 +57,7 @@ def _histories(db: Path) -> tuple[str, dict[str, dict[int, float]]]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, case):
     config, overrides, iterations, stop_after = CASES[case]
 
@@ -119,6 +120,7 @@ class Crash(BaseException):
     """The process dying at one exact instant (raised from a rename, as a SIGKILL would stop it there)."""
 
 
+@pytest.mark.slow
 def test_a_crash_while_the_checkpoint_is_renamed_into_place_resumes_exactly(tmp_path, monkeypatch):
     # Before: the env state was renamed into place as its own file just before last.ckpt; a crash between the two
     # paired the new env state with the old checkpoint, and the resumed run silently diverged.

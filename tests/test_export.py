@@ -41,6 +41,7 @@ def run_file(fmt: str, path: str, *inputs: np.ndarray) -> list[np.ndarray]:
         ("CartPole-v1", {}),  # Discrete
     ],
 )
+@pytest.mark.slow
 def test_exported_policy_equals_predict(capsys, fmt, env, extra):
     ckpt = trained(env, **extra)
     assert main(["export", "--checkpoint", ckpt, "--format", fmt, "--output", f"policy.{fmt}"]) == 0
@@ -55,6 +56,7 @@ def test_exported_policy_equals_predict(capsys, fmt, env, extra):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.slow
 def test_a_recurrent_policy_exports_with_its_state(fmt):
     ckpt = trained("CartPole-v1", policy={"recurrent": {"kind": "lstm", "hidden_size": 8}})
     assert main(["export", "--checkpoint", ckpt, "--format", fmt, "--output", f"policy.{fmt}"]) == 0

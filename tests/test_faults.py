@@ -39,6 +39,7 @@ def _fit(tmp_path, config: dict) -> subprocess.CompletedProcess:
                   "physics blow-up"),
     ],
 )
+@pytest.mark.slow
 def test_env_faults_stop_with_exit_1_naming_the_sub_env(tmp_path, fault, message):
     # Each sub-env steps 32 times an iteration: step 70 of sub-env 1 falls in iteration 3.
     proc = _fit(tmp_path, _config(fault, at=70))
@@ -48,6 +49,7 @@ def test_env_faults_stop_with_exit_1_naming_the_sub_env(tmp_path, fault, message
     assert load_checkpoint(tmp_path / "out/checkpoints/last.ckpt").env_steps == 128  # 2 good iterations
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # A finite reward of 3e38 overflows the float32 returns: the losses of iteration 3 are not finite.
     proc = _fit(tmp_path, _config("huge_reward", at=70))
@@ -78,6 +80,7 @@ def test_running_statistics_that_overflow_stop_the_run_and_keep_the_last_good_ch
     assert float(ckpt.state_dict["reward_scaler.return_rms.var"]) < 1e6
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_batches_finishes_the_run(tmp_path):
     config = _config("huge_reward", at=70, skip_nonfinite_batches=True)
     config["logger"] = {"enabled": True, "tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}

@@ -9,11 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 
 from pgkit.checkpoints import load_checkpoint
 from pgkit.cli import main
+
+pytestmark = pytest.mark.slow  # day-to-day: pytest -m "not slow"
 
 CONFIG = {
     "algorithm": {"name": "ppo", "num_steps": 32, "num_minibatches": 2, "update_epochs": 1},

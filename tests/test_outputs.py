@@ -70,6 +70,7 @@ def test_an_explicit_folder_with_an_earlier_run_is_refused_with_the_resume_comma
     assert Path("mine/checkpoints/last.ckpt").read_bytes() == last and len(runs_in_mlflow()) == count
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_in_its_own_versioned_folder(capsys):
     config = write("c.yaml", CONFIG)
     assert run(capsys, "fit", "--config", config)[0] == 0
@@ -93,6 +94,7 @@ def test_presets_sharing_an_algorithm_and_env_have_their_own_folders(capsys):
     assert len(set(folders.values())) == len(folders), folders
 
 
+@pytest.mark.slow
 def test_a_mismatched_resume_exits_2_before_touching_any_mlflow_run(capsys):
     a2c = write("a2c.yaml", {**CONFIG, "algorithm": {"name": "a2c", "num_steps": 32}})
     assert run(capsys, "fit", "--config", a2c)[0] == 0
@@ -129,6 +131,7 @@ def test_a_text_file_as_checkpoint_exits_2_with_one_line(capsys, command):
     assert err.startswith("checkpoint error: notes.ckpt: not a readable checkpoint"), err
 
 
+@pytest.mark.slow
 def test_an_env_that_cannot_be_pickled_does_not_stop_the_run(capsys):
     env = {"id": "envs_for_tests:UnpicklableEnv", "num_envs": 2, "normalize_obs": False}
     config = write("c.yaml", {**CONFIG, "env": env, "trainer": {"total_timesteps": 128, "output_dir": "run"},
@@ -143,6 +146,7 @@ def test_an_env_that_cannot_be_pickled_does_not_stop_the_run(capsys):
     assert "resuming with freshly reset envs" in err
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_eval_prints_the_finished_episodes_and_exits_130(tmp_path, capsys):
     import json
     import os
@@ -176,6 +180,7 @@ def test_ctrl_c_during_eval_prints_the_finished_episodes_and_exits_130(tmp_path,
     assert set(result["lengths"]) == {5} and result["mean_return"] == 5.0
 
 
+@pytest.mark.slow
 def test_mujoco_video_on_a_headless_machine_picks_egl(capsys):
     import os
     import subprocess

@@ -15,6 +15,8 @@ from mlflow import MlflowClient
 
 from pgkit.checkpoints import load_checkpoint
 
+pytestmark = pytest.mark.slow  # day-to-day: pytest -m "not slow"
+
 
 def _slow_run(tmp_path: Path, *extra: str) -> subprocess.Popen:
     config = {"algorithm": {"name": "ppo", "num_steps": 40, "num_minibatches": 2, "update_epochs": 1},

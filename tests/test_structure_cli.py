@@ -125,6 +125,7 @@ def test_tuple_of_discrete_observations_fits_evaluates_and_resumes(tmp_path, cap
     assert code == 0, err[-2000:]
 
 
+@pytest.mark.slow
 def test_video_of_an_image_policy_with_memory(tmp_path, capsys):
     config = {
         "algorithm": {"name": "ppo", "num_steps": 16, "num_minibatches": 2, "update_epochs": 1},
@@ -143,6 +144,7 @@ def test_video_of_an_image_policy_with_memory(tmp_path, capsys):
     assert len(list(Path("videos").glob("*.mp4"))) == 2
 
 
+@pytest.mark.slow
 def test_ddp_with_a_dict_observation_and_a_recurrent_policy(tmp_path):
     db = tmp_path / "mlflow.db"
     sets = ["env.id=pgkit/Squared-v0", "env.kwargs={observation: dict}", "env.normalize_obs=true", "env.num_envs=2",

@@ -63,6 +63,7 @@ def _fit(tmp_path, uri: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_unreachable_server_exits_2_in_seconds_before_training(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     start = time.perf_counter()
@@ -76,12 +77,14 @@ def test_unreachable_server_exits_2_in_seconds_before_training(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
 
 
+@pytest.mark.slow
 def test_sqlite_store_in_a_missing_directory_exits_2(tmp_path):
     proc = _fit(tmp_path, f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}")
     assert proc.returncode == 2
     assert "logger.tracking_uri: directory" in proc.stderr and "does not exist" in proc.stderr
 
 
+@pytest.mark.slow
 def test_training_against_a_real_mlflow_server(tmp_path, mlflow_server):
     """`mlflow server` on a free port with a temp sqlite backend and artifact root; a tiny run logs to it and is read
     back with MlflowClient: params, metrics, the config YAML and the checkpoint."""
@@ -177,6 +180,7 @@ def test_log_model_false_logs_no_checkpoint(tmp_path):
     assert "config.yaml" in names and "checkpoints" not in names and "policy" not in names
 
 
+@pytest.mark.slow
 def test_system_metrics_are_logged_when_asked(tmp_path):
     from mlflow import MlflowClient
 
@@ -279,6 +283,7 @@ def _logged_steps(client: MlflowClient, run_id: str, key: str = "train/policy_lo
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.slow
 def test_metrics_reach_the_server_once_it_is_back(mlflow_server, capsys, monkeypatch):
     # Before: training stalled 8 minutes with no message, then exited 1 with 240 lines of tracebacks.
     monkeypatch.setattr(pgkit.tracking, "RETRY_SECONDS", 0.3)
@@ -311,6 +316,7 @@ def test_metrics_reach_the_server_once_it_is_back(mlflow_server, capsys, monkeyp
     assert len(client.get_metric_history(run_id, "eval/mean_return")) == 10
 
 
+@pytest.mark.slow
 def test_a_server_that_never_comes_back_keeps_everything_for_pgkit_sync(mlflow_server, capsys, monkeypatch):
     monkeypatch.setattr(pgkit.tracking, "RETRY_SECONDS", 0.3)
     proxy = Proxy(mlflow_server)

@@ -126,6 +126,9 @@ class SweepConfig(BaseModel):
 
     @model_validator(mode="after")
     def _grid(self) -> SweepConfig:
+        if self.sampler == "grid" and self.grid_size() > 100_000:
+            raise ValueError(f"the grid has {self.grid_size()} points, more than 100000; use the tpe or random "
+                             "sampler for a space that large")
         if self.sampler == "grid":
             for path, space in self.params.items():
                 if isinstance(space, Range) and space.step is None:
@@ -134,8 +137,12 @@ class SweepConfig(BaseModel):
         return self
 
     def grid_size(self) -> int:
-        """How many combinations a ``grid`` sweep has."""
+        """How many combinations a ``grid`` sweep has (ranges without a step count as one point here; the grid
+        sampler refuses them)."""
         size = 1
         for space in self.params.values():
-            size *= len(space.choices) if isinstance(space, Choices) else len(space.grid())
+            if isinstance(space, Choices):
+                size *= len(space.choices)
+            elif space.step is not None:
+                size *= int((space.high - space.low) / space.step + 1e-9) + 1
         return size

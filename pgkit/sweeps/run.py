@@ -111,8 +111,13 @@ def work(prepared: Prepared) -> None:
             said_waiting = False
             ctx.turn = turn
             studies.reseed(study, ctx.sweep, ctx.seed, os.uname().nodename, os.getpid(), len(study.trials))
-            study.optimize(lambda trial: objective(ctx, trial), n_trials=1, catch=(TrialFailed, Surplus),
-                           gc_after_trial=True)
+            try:
+                study.optimize(lambda trial: objective(ctx, trial), n_trials=1, catch=(TrialFailed, Surplus),
+                               gc_after_trial=True)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+                if "finished" not in str(exc).lower() and "cannot tell" not in str(exc).lower():
+                    raise
+                # The trial was judged lost (its heartbeats late) and queued again; its retry runs it.
         if ctx.metric_missing:
             raise ConfigError(ctx.metric_missing)
 
@@ -141,6 +146,8 @@ def run_sweep(config: str | None, overrides: list[str], trials: int | None = Non
             code = 0
         except SweepStopped as exc:
             code = 128 + exc.signum
+        except (KeyboardInterrupt, Terminated) as exc:  # between trials: nothing to save, the table still comes
+            code = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     from pgkit.sweeps.report import publish
 
     counts = studies.state_counts(prepared.study, prepared.ctx.budget)

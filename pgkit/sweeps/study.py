@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import time
+import uuid
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -36,8 +37,11 @@ from pgkit.tracking import absolute_tracking_uri, sqlite_path
 RETRY_OF = "pgkit.retry_of"
 SURPLUS = "pgkit.surplus"
 IDENTITY = "pgkit.identity"
-#: Seconds between a running trial's heartbeats.
-HEARTBEAT_S = 10
+#: The metric's last reported value, carried to a retry (one that resumes at the end trains no iteration).
+LAST_VALUE = "pgkit.last_value"
+#: Seconds between a running trial's heartbeats: well inside the shortest ``sweep.stale_after_s`` (10 s), so a live
+#: trial is never judged lost.
+HEARTBEAT_S = 3
 
 
 def masked(url: str) -> str:
@@ -65,10 +69,10 @@ def local_turn(url: str) -> Iterator[Any]:
 
     turn = Turn()
     db = sqlite_path(url)
-    if db is not None:
-        turn.fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(turn.fd, fcntl.LOCK_EX)
     try:
+        if db is not None:
+            turn.fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(turn.fd, fcntl.LOCK_EX)
         yield turn
     finally:
         turn.release()
@@ -152,14 +156,14 @@ def open_study(storage: Any, name: str, sweep: SweepConfig, seed: int, total_ste
 
     direction = sweep.direction
     sampler, pruner = _sampler(sweep, seed), _pruner(sweep, total_steps)  # reseeded before each trial
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
-                                    pruner=pruner, load_if_exists=True)
-    except ValueError as exc:  # a study of that name with another direction
-        raise ConfigError(f"config error: sweep.direction: study {name!r} exists with another direction ({exc}) "
-                          f"(got {direction!r})") from None
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    if study.direction.name.lower() != direction:  # Optuna loads an existing study with its own direction
+        raise ConfigError(f"config error: sweep.direction: study {name!r} in {masked(storage.url)} is to "
+                          f"{study.direction.name.lower()} (got {direction!r})")
     if create and "pgkit.fingerprint" not in study.user_attrs:
         study.set_user_attr("pgkit.fingerprint", fingerprint)
+        study.set_user_attr("pgkit.uid", uuid.uuid4().hex)  # sqlite reuses a deleted study's id; this is new
     stored = study.user_attrs.get("pgkit.fingerprint")
     if stored is not None and stored != fingerprint:
         keys = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
@@ -184,7 +188,12 @@ def retry(study: Any, trial: Any) -> None:
     """Queue ``trial`` again with its parameters; the retry continues its folder (and checkpoint)."""
     if trial.user_attrs.get(SURPLUS):
         return
-    keep = {k: v for k, v in trial.user_attrs.items() if k == "pgkit.cell"}  # a shared benchmark's run
+    cell = "pgkit.cell" in trial.user_attrs  # a shared benchmark's run
+    if not trial.params and not cell:
+        return  # stopped before it chose its values: nothing trained, and a grid point cannot be named again
+    if any(t.user_attrs.get(RETRY_OF) == trial.number for t in study.get_trials(deepcopy=False)):
+        return  # queued already (a stop, then its process killed before Optuna recorded the stop)
+    keep = {k: v for k, v in trial.user_attrs.items() if k in ("pgkit.cell", LAST_VALUE)}
     study.enqueue_trial(dict(trial.params), user_attrs={**keep, RETRY_OF: trial.number, IDENTITY: identity(trial)})
 
 
@@ -224,8 +233,8 @@ def check_folder(sweep_dir: Any, study: Any, name: str, storage_url: str) -> Non
 
     folder = Path(sweep_dir)
     marker = folder / ".pgkit-sweep.json"
-    # The storage's own id of the study: a study deleted and made again under the same name has another.
-    mine = {"study": name, "uid": study._storage.get_study_id_from_name(name)}
+    # The study's own mark (made with it): a study deleted and made again under the same name has another.
+    mine = {"study": name, "uid": study.user_attrs.get("pgkit.uid")}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if marker.exists():

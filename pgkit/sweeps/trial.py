@@ -43,9 +43,12 @@ class Reporter(Checkpoint):
         self.trial, self.metric = trial, metric
         self.value: float | None = None
         self.pruned = False
+        self.taken_over = False
         self.seen: set[str] = set()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
         metrics = getattr(pl_module, "last_metrics", {})
         self.seen.update(metrics)
         if self.metric not in metrics:
@@ -53,9 +56,14 @@ class Reporter(Checkpoint):
         self.value = float(metrics[self.metric])
         if not math.isfinite(self.value):
             return
-        self.trial.report(self.value, int(pl_module.env_steps))
-        if not trainer.should_stop and self.trial.should_prune():
-            self.pruned = True
+        try:
+            self.trial.report(self.value, int(pl_module.env_steps))
+            self.trial.set_user_attr(studies.LAST_VALUE, self.value)
+            prune = not trainer.should_stop and self.trial.should_prune()
+        except UpdateFinishedTrialError:  # judged lost (no heartbeat for stale_after_s) and queued elsewhere
+            self.taken_over, prune = True, True
+        if prune:
+            self.pruned = not self.taken_over
             trainer.should_stop = True
 
 
@@ -101,13 +109,8 @@ def _describe(values: dict[str, Any]) -> str:
 
 
 def objective(ctx: SweepContext, trial: Any) -> float:
-    """Run one trial (Optuna's objective): its value, ``TrialPruned``, or an exception Optuna records as a failure."""
-    import optuna
-
-    from pgkit.api import preserved_process_state
-    from pgkit.config_loading import parse_config
-    from pgkit.training import fit
-
+    """Run one trial (Optuna's objective): its value, ``TrialPruned``, or an exception Optuna records as a failure.
+    A signal at any point of it queues the trial again and stops the sweep (:class:`SweepStopped`)."""
     if ctx.turn is not None:
         surplus = studies.is_surplus(trial.study, trial, ctx.budget)
         ctx.turn.release()  # the next process may ask for its trial now
@@ -116,10 +119,27 @@ def objective(ctx: SweepContext, trial: Any) -> float:
             raise Surplus(f"trial {trial.number} was created past the budget of {ctx.budget}")
     if ctx.sweep.sampler in ("tpe", "random"):
         studies.reseed(trial.study, ctx.sweep, ctx.seed, trial.number)
+    try:
+        return _run(ctx, trial)
+    except Interrupted as exc:
+        _stopped(ctx, trial, exc.signum)
+    except (KeyboardInterrupt, Terminated) as exc:  # outside training: choosing values, checking, tagging
+        _stopped(ctx, trial, signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    raise AssertionError("unreachable")
+
+
+def _run(ctx: SweepContext, trial: Any) -> float:
+    import optuna
+
+    from pgkit.api import preserved_process_state
+    from pgkit.config_loading import parse_config
+    from pgkit.training import fit
+
     number = studies.identity(trial)
     trial.set_user_attr(studies.IDENTITY, number)
     values = suggest(trial, ctx.sweep)
-    label = f"trial {number}" + (f" (retry {trial.number})" if studies.RETRY_OF in trial.user_attrs else "")
+    retried = studies.RETRY_OF in trial.user_attrs
+    label = f"trial {number}" + (f" (retry {trial.number})" if retried else "")
     try:
         cfg = parse_config(trial_data(ctx, values, number))
     except ConfigError as exc:
@@ -127,43 +147,47 @@ def objective(ctx: SweepContext, trial: Any) -> float:
         ctx.log(f"{label}: {_describe(values)}: refused: {exc}")
         raise TrialFailed(str(exc)) from None
     last = Path(cfg.trainer.output_dir) / "checkpoints" / "last.ckpt"
-    resume = last if last.exists() and studies.RETRY_OF in trial.user_attrs else None
+    resume = last if last.exists() and retried else None
     ctx.log(f"{label}: {_describe(values)}" + (f" (continuing {last})" if resume else ""))
     reporter = Reporter(trial, ctx.sweep.metric)
     started = time.perf_counter()
     try:
         with preserved_process_state():
             result = fit(cfg, resume=resume, callbacks=[reporter])
-    except Interrupted as exc:
-        _stopped(ctx, trial, exc.signum, label)
-    except (KeyboardInterrupt, Terminated) as exc:
-        _stopped(ctx, trial, signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT, label)
+    except (Interrupted, KeyboardInterrupt, Terminated):
+        raise
     except Exception as exc:  # a refused resume, a diverged run, a failing env: recorded, and the sweep goes on
         message = " ".join(str(exc).split())[:500] or exc.__class__.__name__
         trial.set_user_attr("pgkit.error", message)
         ctx.log(f"{label}: failed: {message}")
         raise TrialFailed(message) from None
     seconds = time.perf_counter() - started
+    if reporter.taken_over:
+        ctx.log(f"{label}: another process took this trial over (it missed its heartbeats); leaving it to that one")
+        raise TrialFailed("taken over")
     _tag_run(cfg, result.mlflow_run_id, "PRUNED" if reporter.pruned else "COMPLETE")
-    if reporter.value is None:
+    value = reporter.value if reporter.value is not None else trial.user_attrs.get(studies.LAST_VALUE)
+    if value is None:
         seen = ", ".join(sorted(reporter.seen)[:12])
         ctx.metric_missing = (f"config error: sweep.metric: the run never logged {ctx.sweep.metric!r}; it logs: "
                               f"{seen} (got {ctx.sweep.metric!r})")
         trial.set_user_attr("pgkit.error", ctx.metric_missing)
-        raise TrialFailed(ctx.metric_missing)
+        if retried:  # a retry that resumed at its end trains nothing: not the metric's fault
+            ctx.metric_missing = None
+        raise TrialFailed(ctx.metric_missing or "no value")
     if reporter.pruned:
-        ctx.log(f"{label}: pruned at {result.env_steps} steps ({ctx.sweep.metric} {reporter.value:.4g}, "
-                f"{seconds:.0f} s)")
+        ctx.log(f"{label}: pruned at {result.env_steps} steps ({ctx.sweep.metric} {value:.4g}, {seconds:.0f} s)")
         raise optuna.TrialPruned()
-    if not math.isfinite(reporter.value):
-        trial.set_user_attr("pgkit.error", f"{ctx.sweep.metric} is {reporter.value}")
-        raise TrialFailed(f"{ctx.sweep.metric} is {reporter.value}")
-    ctx.log(f"{label}: {ctx.sweep.metric} {reporter.value:.4g} ({seconds:.0f} s)")
-    return reporter.value
+    if not math.isfinite(value):
+        trial.set_user_attr("pgkit.error", f"{ctx.sweep.metric} is {value}")
+        raise TrialFailed(f"{ctx.sweep.metric} is {value}")
+    ctx.log(f"{label}: {ctx.sweep.metric} {value:.4g} ({seconds:.0f} s)")
+    return value
 
 
-def _stopped(ctx: SweepContext, trial: Any, signum: int, label: str) -> None:
-    """A signal stopped the trial's run (after saving its iteration): queue it again, then stop the sweep."""
+def _stopped(ctx: SweepContext, trial: Any, signum: int) -> None:
+    """A signal stopped the trial (its run saved its iteration first): queue it again, then stop the sweep."""
+    label = f"trial {studies.identity(trial)}"
     trial.set_user_attr("pgkit.stopped_by", signal.Signals(signum).name)
     studies.retry(trial.study, trial)
     ctx.log(f"{label}: stopped by {signal.Signals(signum).name}; it continues from its checkpoint when the sweep "

@@ -32,6 +32,7 @@ def reached(name: str, steps: int, budget: int) -> bool:
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+@pytest.mark.slow
 def test_fit_eval_resume_through_the_cli(tmp_path, capsys, name, env_id):
     batch = 2 * 32
     extra = GRPO_SETTINGS if name == "grpo" else {}

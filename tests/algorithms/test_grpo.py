@@ -193,6 +193,7 @@ def test_reference_updates():
 
 
 @pytest.mark.learning
+@pytest.mark.slow
 def test_grpo_learns_tool_selection():
     result = fit(load_config(CONFIGS / "grpo-tool-use.yaml", QUIET))
     module, _, _ = restore_agent(result.last_checkpoint)

@@ -14,7 +14,7 @@ from pgkit.training import fit
 QUIET = ["logger.enabled=false", "eval.every_n_iterations=0"]
 CARTPOLE = ["env.id=CartPole-v1", "env.normalize_obs=false", "env.normalize_reward=false"]
 
-pytestmark = pytest.mark.learning
+pytestmark = [pytest.mark.slow, pytest.mark.learning]
 
 
 def train(algorithm: str, config_file: str | None, overrides: list[str]) -> list[float]:

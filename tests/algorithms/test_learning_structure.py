@@ -12,7 +12,7 @@ from pgkit.config_loading import load_config
 from pgkit.evaluation import evaluate, restore_agent
 from pgkit.training import fit
 
-pytestmark = pytest.mark.learning
+pytestmark = [pytest.mark.slow, pytest.mark.learning]
 
 QUIET = ["logger.enabled=false", "eval.every_n_iterations=0"]
 SMALL_PPO = ["env.num_envs=8", "algorithm.num_steps=128", "algorithm.num_minibatches=4", "algorithm.update_epochs=4",

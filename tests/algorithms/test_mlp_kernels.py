@@ -75,6 +75,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("env_id", "overrides"), CASES)
+@pytest.mark.slow
 def test_kernel_terms_and_gradients_equal_autograd(env_id, overrides):
     if not any(o.startswith("algorithm.max_grad_norm") for o in overrides):
         overrides = [*overrides, "algorithm.max_grad_norm=0.1"]  # small enough that every case clips

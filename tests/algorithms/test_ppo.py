@@ -157,6 +157,7 @@ def test_policy_networks_from_config():
     assert dist.mean.shape == (3, 2) and value.shape == (3,)
 
 
+@pytest.mark.slow
 def test_async_vector_env_trains():
     overrides = [
         "env.id=CartPole-v1",
@@ -171,6 +172,7 @@ def test_async_vector_env_trains():
     assert result.env_steps == 128 and result.last_checkpoint.exists()
 
 
+@pytest.mark.slow
 def test_failed_run_exits_1_and_keeps_last_checkpoint(tmp_path):
     config = {
         "algorithm": {"name": "ppo", "num_steps": 16, "num_minibatches": 1, "update_epochs": 1},

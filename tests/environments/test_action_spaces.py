@@ -28,6 +28,7 @@ def test_adapter_adds_the_start_and_keeps_the_space_shape():
 
 
 @pytest.mark.parametrize("kind", ["discrete", "multi"])
+@pytest.mark.slow
 def test_fit_eval_and_video_act_inside_a_shifted_space(tmp_path, monkeypatch, capsys, kind):
     # ShiftedActionsEnv raises on any action outside its space, so every phase below would fail on unshifted actions.
     monkeypatch.chdir(tmp_path)

@@ -56,6 +56,7 @@ def first_and_last_rewards(db: Path) -> tuple[float, float, dict]:
         ({"name": "ppo", "learning_rate": 3e-3, "update_epochs": 2, "kl_coef": 0.01, "vf_coef": 0.1}, 3200),
     ],
 )
+@pytest.mark.slow
 def test_each_text_algorithm_raises_the_reward(tmp_path, capsys, algorithm, steps):
     """``builtin:tiny`` starts at about 1% "a" in its completions; each algorithm must bring it above 60%."""
     path = write(tmp_path, {"algorithm": algorithm, "trainer": {"total_timesteps": steps, "output_dir": "run"},
@@ -67,6 +68,7 @@ def test_each_text_algorithm_raises_the_reward(tmp_path, capsys, algorithm, step
     assert metrics["eval/mean_return"] > 0.6  # greedy completions of held-out prompts
 
 
+@pytest.mark.slow
 def test_fit_logs_rewards_lengths_kl_and_samples_then_eval_and_resume(tmp_path, capsys):
     db = tmp_path / "m.db"
     path = write(tmp_path, {
@@ -111,6 +113,7 @@ def test_fit_logs_rewards_lengths_kl_and_samples_then_eval_and_resume(tmp_path, 
     assert steps == [64 * i for i in range(1, 9)]  # one run, continued after the resume
 
 
+@pytest.mark.slow
 def test_lora_trains_only_the_adapters_and_checkpoints_only_them(tmp_path, capsys):
     path = write(tmp_path, {"model": {"path": "builtin:tiny", "lora": {"r": 4, "alpha": 8}},
                             "algorithm": {"name": "grpo", "learning_rate": 1e-2, "beta": 0.04},
@@ -219,6 +222,7 @@ def test_a_reward_function_that_raises_mid_run_exits_1_and_keeps_the_checkpoint(
     assert int(torch.load("run/checkpoints/last.ckpt", weights_only=True)["state_dict"]["env_steps"]) == 128
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_train_one_language_model(tmp_path):
     """Lightning DDP on CPU (gloo): each rank samples its own prompts, gradients are averaged, rank 0 logs."""
     import subprocess
@@ -237,6 +241,7 @@ def test_two_ddp_processes_train_one_language_model(tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/reward_mean")] == [128, 256]
 
 
+@pytest.mark.slow
 def test_bfloat16_and_a_compiled_update(tmp_path, capsys, monkeypatch):
     """``model.dtype: bfloat16`` trains; with ``trainer.compile`` the update's forward goes through
     ``torch.compile`` (the eager backend here: no C++ build on CPU) and gives the eager update's numbers."""

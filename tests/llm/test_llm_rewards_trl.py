@@ -75,6 +75,7 @@ def test_a_function_that_hangs_is_stopped_by_the_timeout():
         call(rewards("llm_rewards:hangs", timeout=0.5), check=True)
 
 
+@pytest.mark.slow
 def test_bare_entries_and_none_in_a_real_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = yaml.safe_load((ROOT / "configs" / "llm-grpo.yaml").read_text())

@@ -97,6 +97,7 @@ def test_torchrl_gae_traces_as_one_graph():
     torch.testing.assert_close(compiled(*data, 0.99, 0.95)[0], gae(*data, 0.99, 0.95)[0], rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_the_scan_compiles_with_inductor_on_a_transposed_rollout():
     # Before: inductor failed at 256 x 16 ("Cannot view a tensor with shape [16, 16, 16, 1] and strides
     # (1, 256, 16, 1)"): the TD errors were written with out= into a buffer that took the time-major layout.

@@ -19,7 +19,8 @@ from postgres_server import bindir, postgres_server
 
 from pgkit.sweeps import study as studies
 
-pytestmark = pytest.mark.skipif(bindir() is None, reason="PostgreSQL's server binaries are not installed")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bindir() is None, reason="PostgreSQL's server binaries are not installed")]
 
 CONFIG = {
     "algorithm": {"name": "ppo", "num_steps": 64, "num_minibatches": 2, "update_epochs": 2},

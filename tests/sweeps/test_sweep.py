@@ -101,6 +101,7 @@ def test_no_sweep_section_is_a_config_error(tmp_path, capsys):
     assert "sweep: missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_trials_are_nested_runs_and_the_best_config_trains(tmp_path, capsys):
     config = write(tmp_path / "c.yaml")
     assert main(["sweep", "--config", str(config)]) == 0
@@ -145,6 +146,7 @@ def test_trials_are_nested_runs_and_the_best_config_trains(tmp_path, capsys):
     assert [t.state for t in counted(load_study())] == [TrialState.COMPLETE] * 4
 
 
+@pytest.mark.slow
 def test_a_refused_trial_and_a_never_logged_metric(tmp_path, capsys):
     # A grid whose combination (num_steps 100, num_minibatches 128) is refused: that trial fails, the others run.
     config = write(tmp_path / "c.yaml", sweep__sampler="grid", sweep__trials=10, trainer__total_timesteps=1600,
@@ -167,6 +169,7 @@ def test_a_refused_trial_and_a_never_logged_metric(tmp_path, capsys):
     assert len(load_study("other").trials) == 1
 
 
+@pytest.mark.slow
 def test_the_pruner_stops_a_run_at_an_evaluation(tmp_path):
     from pgkit.sweeps.run import prepare, work
 
@@ -184,10 +187,13 @@ def test_the_pruner_stops_a_run_at_an_evaluation(tmp_path):
 def test_the_budget_counts_retries_once_and_marks_a_surplus_trial():
     study = optuna.create_study()
     first = study.ask()
+    first.suggest_float("x", 0.0, 1.0)  # it chose its values, so a retry can take them
     study.tell(first, state=TrialState.FAIL)
     studies.retry(study, study.trials[0])  # stopped, queued again: the retry stands in for it
+    studies.retry(study, study.trials[0])  # a second stop of the same trial queues nothing more
     second = study.ask()  # takes the queued retry
     assert second.user_attrs[studies.RETRY_OF] == 0 and studies.identity(second) == 0
+    assert second.suggest_float("x", 0.0, 1.0) == study.trials[0].params["x"]
     assert not studies.is_surplus(study, second, budget=1)
     extra = study.ask()  # made in a race, past a budget of 1
     assert studies.is_surplus(study, extra, budget=1)
@@ -210,6 +216,7 @@ def _wait_for(paths: list[Path], proc: subprocess.Popen, timeout: float = 120) -
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_worker_and_the_same_command_continues_the_trials(tmp_path, capsys):
     config = write(tmp_path / "c.yaml", trainer__total_timesteps=16384, sweep__trials=3)
     proc = _sweep_process(config, "--workers", "2")
@@ -233,6 +240,7 @@ def test_ctrl_c_stops_every_worker_and_the_same_command_continues_the_trials(tmp
     assert len({r.data.tags["pgkit.sweep.trial"] for r in runs() if "pgkit.sweep.trial" in r.data.tags}) == 3
 
 
+@pytest.mark.slow
 def test_a_killed_worker_s_trial_runs_again_from_its_checkpoint(tmp_path, capsys):
     config = write(tmp_path / "c.yaml", trainer__total_timesteps=16384, sweep__trials=2, sweep__stale_after_s=10)
     proc = _sweep_process(config)
@@ -249,6 +257,7 @@ def test_a_killed_worker_s_trial_runs_again_from_its_checkpoint(tmp_path, capsys
 
 
 @pytest.mark.parametrize(("sampler", "pruner"), [("random", "hyperband"), ("cmaes", "median")])
+@pytest.mark.slow
 def test_every_sampler_and_pruner_runs_trials(tmp_path, sampler, pruner):
     config = write(tmp_path / "c.yaml", sweep__sampler=sampler, sweep__pruner=pruner, sweep__trials=2,
                    logger__enabled=False, trainer__total_timesteps=1024,
