@@ -263,6 +263,20 @@ def _run_safely(spec: RunSpec) -> dict[str, Any]:
         return {"error": f"{exc.__class__.__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
+def plan_suite(suite_path: str | Path, output: str | Path | None, algorithms: str | None, envs: str | None,
+               seeds: int | None, workers: int | None, tracking_uri: str | None
+               ) -> tuple[SuiteConfig, Path, list[RunSpec]]:
+    """The suite, its output folder and its runs, the selection and counts checked (exit 2 on bad input)."""
+    suite_path = Path(suite_path)
+    suite = load_suite(suite_path)
+    if seeds is not None and seeds < 1:
+        raise UserError(f"bench error: --seeds: must be at least 1 (got {seeds})")
+    if workers is not None and workers < 1:
+        raise UserError(f"bench error: --workers: must be at least 1 (got {workers})")
+    out = Path(output) if output else Path("bench") / suite.name
+    return suite, out, plan_runs(suite, suite_path, out, algorithms, envs, seeds, tracking_uri)
+
+
 @dataclass
 class BenchSummary:
     """What a ``pgkit bench`` invocation did."""
@@ -289,14 +303,7 @@ def run_suite(
     """Run the missing runs of a suite in parallel, then write the reports from all its finished runs in the
     output directory (``report_only``: write the reports and run nothing). Runs shared by machines through a
     storage are :func:`pgkit.bench_shared.run_suite_shared`'s."""
-    suite_path = Path(suite_path)
-    suite = load_suite(suite_path)
-    if seeds is not None and seeds < 1:
-        raise UserError(f"bench error: --seeds: must be at least 1 (got {seeds})")
-    if workers is not None and workers < 1:
-        raise UserError(f"bench error: --workers: must be at least 1 (got {workers})")
-    out = Path(output) if output else Path("bench") / suite.name
-    specs = plan_runs(suite, suite_path, out, algorithms, envs, seeds, tracking_uri)
+    suite, out, specs = plan_suite(suite_path, output, algorithms, envs, seeds, workers, tracking_uri)
     todo = [] if report_only else [s for s in specs if not result_path(s).exists()]
     skipped = len(specs) - len(todo) if not report_only else len(specs)
     out.mkdir(parents=True, exist_ok=True)

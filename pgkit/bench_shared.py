@@ -177,16 +177,9 @@ def run_suite_shared(suite_path: str | Path, storage: str, output: str | Path | 
                      report_only: bool = False) -> Any:
     """``pgkit bench --storage``: plan the suite as :func:`pgkit.bench.run_suite` does, run this machine's share of
     its runs (none with ``report_only``), and write the reports from every result in the storage."""
-    from pgkit.bench import BenchSummary, load_suite, plan_runs, prepare_tracking, write_reports
+    from pgkit.bench import BenchSummary, plan_suite, prepare_tracking, write_reports
 
-    suite_path = Path(suite_path)
-    suite = load_suite(suite_path)
-    if seeds is not None and seeds < 1:
-        raise UserError(f"bench error: --seeds: must be at least 1 (got {seeds})")
-    if workers is not None and workers < 1:
-        raise UserError(f"bench error: --workers: must be at least 1 (got {workers})")
-    out = Path(output) if output else Path("bench") / suite.name
-    specs = plan_runs(suite, suite_path, out, algorithms, envs, seeds, tracking_uri)
+    suite, out, specs = plan_suite(suite_path, output, algorithms, envs, seeds, workers, tracking_uri)
     url = studies.absolute_storage(storage)
     stopped = 0
     out.mkdir(parents=True, exist_ok=True)
