@@ -22,6 +22,7 @@ from typing import Any
 from pgkit.errors import UserError
 from pgkit.sweeps import study as studies
 from pgkit.sweeps.trial import Surplus, SweepStopped, TrialFailed
+from pgkit.tracking import absolute_tracking_uri, store_lock
 
 CELL = "pgkit.cell"
 RECORD = "pgkit.record"
@@ -97,7 +98,7 @@ def work(url: str, suite_name: str, specs: list[Any], log: Any = print) -> int:
     by_name = {s.name: s for s in specs}
     _, study = open_suite_study(url, suite_name, list(by_name), log)
     while True:
-        with studies.local_turn(url) as turn:
+        with store_lock(url) as turn:
             optuna.storages.fail_stale_trials(study)
             counts = studies.state_counts(study, 0)
             if not counts["waiting"]:
@@ -180,7 +181,7 @@ def run_suite_shared(suite_path: str | Path, storage: str, output: str | Path | 
     from pgkit.bench import BenchSummary, plan_suite, prepare_tracking, write_reports
 
     suite, out, specs = plan_suite(suite_path, output, algorithms, envs, seeds, workers, tracking_uri)
-    url = studies.absolute_storage(storage)
+    url = absolute_tracking_uri(storage)
     stopped = 0
     out.mkdir(parents=True, exist_ok=True)
     if not report_only:

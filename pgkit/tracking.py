@@ -90,18 +90,27 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive lock on a sqlite store while it is opened (its schema created) by this process."""
+def store_lock(uri: str) -> Iterator[Any]:
+    """Hold an exclusive lock on a sqlite store (a file beside it) while this process opens it, or takes its turn
+    in it; nothing for other stores. Yields a handle whose ``release()`` ends the hold early."""
+
+    class Held:
+        fd: int | None = None
+
+        def release(self) -> None:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+    held = Held()
     db = sqlite_path(uri)
-    if db is None:
-        yield
-        return
-    fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        if db is not None:
+            held.fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(held.fd, fcntl.LOCK_EX)
+        yield held
     finally:
-        os.close(fd)
+        held.release()
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from pgkit.errors import ConfigError, Terminated, UserError
 from pgkit.sweeps import study as studies
 from pgkit.sweeps.space import base_data, check_space, study_name, sweep_of
 from pgkit.sweeps.trial import Surplus, SweepContext, SweepStopped, TrialFailed, objective
+from pgkit.tracking import absolute_tracking_uri, store_lock
 
 #: Environment variable through which the command hands its sweep's MLflow run to its worker processes.
 PARENT_VAR = "PGKIT_SWEEP_PARENT"
@@ -57,7 +58,7 @@ def prepare(config: str | None, overrides: list[str], trials: int | None, log: A
     if sweep.sampler == "grid":
         budget = min(budget, sweep.grid_size())
     name = study_name(cfg)
-    storage_url = studies.absolute_storage(sweep.storage)
+    storage_url = absolute_tracking_uri(sweep.storage)
     storage = studies.open_storage(storage_url, sweep.stale_after_s)
     base = base_data(cfg)
     fingerprint = {"config": {k: v for k, v in base.items() if k != "logger"},
@@ -95,7 +96,7 @@ def work(prepared: Prepared) -> None:
     study, ctx = prepared.study, prepared.ctx
     said_waiting = False
     while True:
-        with studies.local_turn(prepared.storage_url) as turn:
+        with store_lock(prepared.storage_url) as turn:
             optuna.storages.fail_stale_trials(study)  # trials of dead processes: failed, and queued again
             counts = studies.state_counts(study, ctx.budget)
             if not counts["waiting"] and counts["counted"] >= ctx.budget:

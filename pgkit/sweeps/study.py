@@ -12,14 +12,13 @@ heartbeats, so a trial whose process died (SIGKILL, a lost machine) is marked fa
 - **The budget.** The trials that count are those neither replaced by a retry nor marked surplus. A process asks for
   a new trial only while fewer than ``trials`` count; a trial created in a race past the budget (two machines asking
   at the same instant) is marked ``pgkit.surplus`` and failed before it samples or trains anything.
-- **One machine, sqlite.** sqlite has no row locks, so the processes of one machine take turns (an ``flock`` beside
-  the database) from the budget check to the new trial's first line.
+- **One machine, sqlite.** sqlite has no row locks, so the processes of one machine take turns
+  (:func:`pgkit.tracking.store_lock`, an ``flock`` beside the database) from the budget check to the new trial's
+  first line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -27,12 +26,11 @@ import time
 import uuid
 import warnings
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 from pgkit.errors import ConfigError, UserError
 from pgkit.sweeps.config import SweepConfig
-from pgkit.tracking import absolute_tracking_uri, sqlite_path
+from pgkit.tracking import sqlite_path, store_lock
 
 RETRY_OF = "pgkit.retry_of"
 SURPLUS = "pgkit.surplus"
@@ -47,35 +45,6 @@ HEARTBEAT_S = 3
 def masked(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for messages and MLflow tags)."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
-def absolute_storage(url: str) -> str:
-    """A relative ``sqlite:///`` storage made absolute against the working directory."""
-    return absolute_tracking_uri(url)
-
-
-@contextlib.contextmanager
-def local_turn(url: str) -> Iterator[Any]:
-    """For a sqlite storage, an exclusive ``flock`` beside the database (the processes of this machine take turns);
-    for a server, nothing (its row locks do the work). Yields an object whose ``release()`` ends the turn early."""
-
-    class Turn:
-        fd: int | None = None
-
-        def release(self) -> None:
-            if self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
-
-    turn = Turn()
-    db = sqlite_path(url)
-    try:
-        if db is not None:
-            turn.fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(turn.fd, fcntl.LOCK_EX)
-        yield turn
-    finally:
-        turn.release()
 
 
 def open_storage(url: str, stale_after_s: float) -> Any:
@@ -93,7 +62,7 @@ def open_storage(url: str, stale_after_s: float) -> Any:
     last: BaseException | None = None
     for attempt in range(5):  # machines creating the schema of a new database at once: one wins, the others retry
         try:
-            with local_turn(url):
+            with store_lock(url):
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
                     grace_period=int(stale_after_s), heartbeat_stale_trial_callback=retry_stale_trial)
